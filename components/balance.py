@@ -1,0 +1,14 @@
+from kfp import dsl
+from kfp.dsl import Dataset, Metrics, Output
+
+from components.images import DATA_IMAGE
+
+
+@dsl.component(base_image=DATA_IMAGE, install_kfp_package=False)
+def balance(recipe: str, store: str, run_id: str, overrides: str, selected: Output[Dataset],
+            metrics: Output[Metrics]):
+    """Concept counts → inverse-frequency (or MetaCLIP) sampling → selected ids, plots, flatness."""
+    from ovpipe import tasks
+
+    tasks.publish(tasks.finalize("balance", recipe, store, run_id, overrides), selected.path,
+                  selected.metadata, metrics)

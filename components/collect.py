@@ -1,0 +1,14 @@
+from kfp import dsl
+from kfp.dsl import Dataset, Metrics, Output
+
+from components.images import DATA_IMAGE
+
+
+@dsl.component(base_image=DATA_IMAGE, install_kfp_package=False)
+def collect(step: str, recipe: str, store: str, run_id: str, overrides: str, done: list,
+            manifest: Output[Dataset], metrics: Output[Metrics]):
+    """Check every shard of a step is committed, merge rejects, write the step's manifest."""
+    from ovpipe import tasks
+
+    tasks.publish(tasks.finalize(step, recipe, store, run_id, overrides), manifest.path,
+                  manifest.metadata, metrics)

@@ -1,0 +1,13 @@
+from typing import List
+
+from kfp import dsl
+
+from components.images import DATA_IMAGE
+
+
+@dsl.component(base_image=DATA_IMAGE, install_kfp_package=False)
+def plan(recipe: str, store: str, run_id: str, overrides: str) -> List[str]:
+    """Shard ranges ('A-B') of the input corpus, one per ParallelFor task."""
+    from ovpipe import tasks
+
+    return tasks.plan(recipe, store, run_id, overrides)

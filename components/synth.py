@@ -1,0 +1,12 @@
+from kfp import dsl
+from kfp.dsl import Dataset, Output
+
+from components.images import DATA_IMAGE
+
+
+@dsl.component(base_image=DATA_IMAGE, install_kfp_package=False)
+def synth(recipe: str, store: str, run_id: str, overrides: str, corpus: Output[Dataset]):
+    """Write the synthetic input corpus (no-op when the recipe names data.input)."""
+    from ovpipe import tasks
+
+    tasks.publish(tasks.synth(recipe, store, run_id, overrides), corpus.path, corpus.metadata)

@@ -1,0 +1,107 @@
+"""`ovpipe <step> …` runs one step over all (or some) shards; `ovpipe run` runs the DAG via kfp.local."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+import time
+
+from ovpipe import storage
+from ovpipe.config import ConfigError, load_recipe
+from ovpipe.sharded import Context
+
+STEPS = ("synth", "embed", "concepts", "balance", "caption", "filter")
+DEFAULT_RECIPE = "configs/recipes/tiny.yaml"
+
+
+def default_store() -> str:
+    return os.environ.get("OVPIPE_STORE") or os.path.abspath("store")
+
+
+def step_module(step: str):
+    package = "ovpipe.data.corpus" if step == "synth" else f"ovpipe.curation.{step}"
+    return importlib.import_module(package)
+
+
+def make_context(recipe: str, store: str, run_id: str | None, overrides: list[str] | None = None,
+                 input_uri: str | None = None) -> Context:
+    extra = list(overrides or [])
+    if input_uri:
+        extra.append(f"data.input={input_uri}")
+    r = load_recipe(recipe, extra)
+    return Context(r, store, run_id or r.name)
+
+
+def run_step(ctx: Context, step: str, shards: str = "all", workers: int = 1) -> dict:
+    """Run every phase of a step and write its manifest (what `ovpipe <step>` does)."""
+    mod = step_module(step)
+    if hasattr(mod, "process"):
+        mod.process(ctx, shards, workers)
+        return mod.finalize(ctx)
+    return mod.run(ctx)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", default=DEFAULT_RECIPE, help="recipe path or URI (default: %(default)s)")
+    p.add_argument("--store", default=None, help="store URI: a folder or s3://bucket/prefix "
+                   "(default: $OVPIPE_STORE or ./store)")
+    p.add_argument("--run-id", default=None, help="run folder under the store (default: the recipe name)")
+    p.add_argument("--input", default=None, help="input shards (folder or s3:// prefix) instead of synth")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
+    p.add_argument("-v", "--verbose", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ovpipe", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the pipeline locally through kfp.local")
+    _common(run)
+    run.add_argument("--from", dest="first", choices=STEPS, default=None, help="first step to run")
+    run.add_argument("--until", dest="last", choices=STEPS, default=None, help="last step to run")
+    run.add_argument("--no-cache", action="store_true", help="disable kfp.local caching")
+    for step in STEPS:
+        p = sub.add_parser(step, help=f"run the {step} step")
+        _common(p)
+        p.add_argument("--shards", default="all", help="'all', 'N', 'A-B' or 'A,B' (per-shard steps)")
+        p.add_argument("--workers", type=int, default=None, help="local processes (default: data.workers)")
+        p.add_argument("--no-finalize", action="store_true", help="process shards only, write no manifest")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    store = args.store or default_store()
+    try:
+        ctx = make_context(args.recipe, store, args.run_id, args.set, args.input)
+    except ConfigError as exc:
+        print(f"ovpipe: {exc}", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    try:
+        if args.command == "run":
+            local = importlib.import_module("pipelines.local")  # kfp lives outside ovpipe
+            local.run(args.recipe, store, ctx.run_id, overrides=args.set, input_uri=args.input,
+                      first=args.first, last=args.last, cache=not args.no_cache)
+            return 0
+        mod = step_module(args.command)
+        workers = args.workers or ctx.recipe.data.workers
+        if args.no_finalize:
+            mod.process(ctx, args.shards, workers)
+            return 0
+        body = run_step(ctx, args.command, args.shards, workers)
+    except (storage.StorageError, ValueError, RuntimeError) as exc:
+        print(f"ovpipe {args.command}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"step": body["step"], "counts": body["counts"], "seconds": round(time.perf_counter() - t0, 1),
+                      "manifest": ctx.uri(body["step"], "manifest.json")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

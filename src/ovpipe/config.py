@@ -1,0 +1,299 @@
+"""Recipe schema: one typed config tree, validated once at entry, every problem listed in one error.
+
+A recipe is a YAML file (path or object-store URI). Values come from the dataclass defaults, then the
+file, then `key.path=value` overrides. File references (fields marked ``file=True``) are resolved
+relative to the recipe's folder; local ones must exist, object-store ones are checked when used.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from ovpipe import storage
+
+
+class ConfigError(ValueError):
+    """Raised with every problem of a recipe, one per line, each naming the recipe and the key."""
+
+
+def _file(default=None, help: str = ""):
+    return field(default=default, metadata={"file": True, "help": help})
+
+
+@dataclass
+class DataConfig:
+    input: str | None = _file(help="input shards (folder or s3:// prefix); null = synthetic corpus")
+    format: str = "auto"  # webdataset | parquet | auto (by extension)
+    group_size: int = 2  # input shards per ParallelFor task
+    workers: int = 2  # local processes for `ovpipe <step>` (does not change outputs)
+    image_column: str = "image"  # parquet inputs: image bytes column
+    caption_column: str = "caption"
+    id_column: str = "id"
+
+
+@dataclass
+class SynthConfig:
+    shards: int = 4
+    samples_per_shard: int = 250
+    bad_fraction: float = 0.02
+    min_size: int = 48
+    max_size: int = 160
+    zh_fraction: float = 0.3
+    vocab: str = _file("../vocab/tiny-concepts.txt", "concept vocabulary the scenes are drawn from")
+
+
+@dataclass
+class EmbedConfig:
+    arch: str = "ViT-H-14-quickgelu"  # open_clip model name
+    model_config: dict | None = None  # registered under `arch` when given (tiny random-init models)
+    weights: str | None = _file(help="open_clip checkpoint path/URI; null = seeded random init")
+    batch_size: int = 64
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "fp32"  # fp32 | fp16 | bf16 (GPU)
+    min_image_side: int = 8  # smaller images are rejected as too_small
+    decode_threads: int = 2  # threads decoding + preprocessing images ahead of the model
+
+
+@dataclass
+class ConceptsConfig:
+    vocab: str = _file("../vocab/tiny-concepts.txt", "concept vocabulary, one per line")
+    prompt_template: str = "a photo of {}."
+    k: int = 5
+    index: str = "flat"  # flat (exact inner product) | ivf
+    nlist: int | None = None
+    nprobe: int = 16
+    use_gpu: str = "auto"  # auto | yes | no
+    text_batch_size: int = 256
+
+
+@dataclass
+class BalanceConfig:
+    method: str = "inverse_frequency"  # inverse_frequency | metaclip | random
+    aggregate: str = "sum"  # sum | mean | max of 1/count over an image's K concepts
+    target: int = 85_000_000  # images to draw
+    metaclip_t: float | None = None  # MetaCLIP threshold t; null = solved for `target`
+
+
+@dataclass
+class CaptionConfig:
+    backend: str = "passthrough"  # passthrough | hf | vllm
+    model: str | None = _file(help="captioning VLM weights (path/URI) for hf and vllm")
+    languages: list[str] = field(default_factory=lambda: ["en"])
+    prompts: dict[str, str] = field(default_factory=lambda: {
+        "en": "Describe this image in detail.",
+        "zh": "请详细描述这张图片。",
+    })
+    max_new_tokens: int = 256
+    batch_size: int = 8
+    device: str = "auto"
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    tensor_parallel: int = 1  # vllm
+
+
+@dataclass
+class FilterConfig:
+    prefer: list[str] = field(default_factory=lambda: ["en", "zh"])  # first valid caption wins
+    min_words: int = 3  # EN words; ZH counts characters / 2
+    max_words: int = 300
+    min_script_ratio: float = 0.5  # share of letters in the expected script
+    max_ngram_repeat: float = 0.3  # share of repeated 3-grams
+    max_same_word_run: int = 8  # this many identical consecutive words = repetition
+    refusal_phrases: list[str] = field(default_factory=lambda: [
+        "i'm sorry", "i cannot", "i can't", "as an ai", "unable to", "抱歉", "无法", "作为一个ai",
+    ])
+    min_clip_score: float | None = 0.15  # image-text cosine similarity; null disables
+    dedup: str = "near"  # none | exact | near
+    near_dup_threshold: float = 0.9  # estimated Jaccard of character 5-gram sets
+
+
+@dataclass
+class Recipe:
+    name: str = "recipe"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    concepts: ConceptsConfig = field(default_factory=ConceptsConfig)
+    balance: BalanceConfig = field(default_factory=BalanceConfig)
+    caption: CaptionConfig = field(default_factory=CaptionConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    source: str = ""  # where the recipe was read from (set by load_recipe)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        return storage.sha256_bytes(json.dumps(self.to_dict(), sort_keys=True).encode())
+
+
+CHOICES = {
+    "data.format": {"auto", "webdataset", "parquet"},
+    "embed.device": {"auto", "cpu", "cuda"},
+    "embed.precision": {"fp32", "fp16", "bf16"},
+    "concepts.index": {"flat", "ivf"},
+    "concepts.use_gpu": {"auto", "yes", "no"},
+    "balance.method": {"inverse_frequency", "metaclip", "random"},
+    "balance.aggregate": {"sum", "mean", "max"},
+    "caption.backend": {"passthrough", "hf", "vllm"},
+    "caption.dtype": {"auto", "float32", "bfloat16", "float16"},
+    "filter.dedup": {"none", "exact", "near"},
+}
+POSITIVE = {"data.group_size", "data.workers", "synth.shards", "synth.samples_per_shard",
+            "embed.batch_size", "concepts.k", "concepts.nprobe", "caption.batch_size",
+            "caption.max_new_tokens", "balance.target", "embed.decode_threads"}
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is Any:
+        return True
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if origin is dict:
+        k, v = typing.get_args(tp)
+        return isinstance(value, dict) and all(_type_ok(a, k) and _type_ok(b, v) for a, b in value.items())
+    return isinstance(value, tp)
+
+
+def _build(cls, data: dict, prefix: str, problems: list[str], base_dir: str):
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in known or key == "source":
+            problems.append(f"{path}: unknown key (known: {', '.join(k for k in known if k != 'source')})")
+            continue
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                problems.append(f"{path}: expected a mapping, got {type(value).__name__}")
+                continue
+            kwargs[key] = _build(tp, value, path + ".", problems, base_dir)
+            continue
+        if not _type_ok(value, tp):
+            problems.append(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} ({value!r})")
+            continue
+        if isinstance(value, int) and not isinstance(value, bool) and _type_ok(1.5, tp) and not _type_ok("", tp):
+            value = float(value)
+        if known[key].metadata.get("file") and value is not None:
+            value = _resolve_file(value, base_dir, path, problems)
+        kwargs[key] = value
+    obj = cls(**kwargs)
+    for f in dataclasses.fields(cls):  # defaults that name files resolve like file values
+        if f.metadata.get("file") and f.name not in data and getattr(obj, f.name) is not None:
+            setattr(obj, f.name, _resolve_file(getattr(obj, f.name), base_dir, prefix + f.name, problems))
+    return obj
+
+
+def _type_name(tp) -> str:
+    return str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def _resolve_file(value: str, base_dir: str, path: str, problems: list[str]) -> str:
+    if storage.is_remote(value):
+        return value
+    if not os.path.isabs(value):
+        if storage.is_remote(base_dir):
+            return storage.join(base_dir, value)
+        value = os.path.normpath(os.path.join(base_dir, value))
+    if not os.path.exists(value):
+        problems.append(f"{path}: file not found: {value}")
+    return value
+
+
+def _check_values(recipe: Recipe, problems: list[str]) -> None:
+    for dotted, allowed in CHOICES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(recipe, section), key)
+        if value not in allowed:
+            problems.append(f"{dotted}: {value!r} is not one of {sorted(allowed)}")
+    for dotted in POSITIVE:
+        section, key = dotted.split(".")
+        value = getattr(getattr(recipe, section), key)
+        if value is not None and value <= 0:
+            problems.append(f"{dotted}: must be > 0, got {value}")
+    for lang in recipe.caption.languages:
+        if lang not in recipe.caption.prompts:
+            problems.append(f"caption.languages: no caption.prompts entry for {lang!r}")
+    if recipe.caption.backend in ("hf", "vllm") and not recipe.caption.model:
+        problems.append(f"caption.model: required for backend {recipe.caption.backend!r}")
+    if "{}" not in recipe.concepts.prompt_template:
+        problems.append("concepts.prompt_template: must contain '{}' where the concept goes")
+
+
+def set_override(data: dict, dotted: str, value: Any) -> None:
+    """Apply one `a.b.c=value` override to a raw recipe dict."""
+    node = data
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: {part} is not a mapping")
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: list[str] | dict | None) -> dict:
+    """`["embed.batch_size=32", …]` or a dict → {dotted: value} with YAML-typed values."""
+    if not items:
+        return {}
+    if isinstance(items, dict):
+        return dict(items)
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key.path=value")
+        key, raw = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(raw)
+    return out
+
+
+def load_recipe(uri: str, overrides: list[str] | dict | None = None) -> Recipe:
+    """Read, merge overrides, validate. Raises ConfigError listing every problem."""
+    try:
+        text = storage.read_text(uri)
+    except storage.StorageError as exc:
+        raise ConfigError(f"recipe {uri}: cannot read: {exc}") from exc
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"recipe {uri}: invalid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {uri}: expected a mapping at the top level")
+    for key, value in parse_overrides(overrides).items():
+        set_override(data, key, value)
+    base_dir = storage.parent(uri) if storage.is_remote(uri) else os.path.dirname(os.path.abspath(uri))
+    problems: list[str] = []
+    recipe = _build(Recipe, data, "", problems, base_dir)
+    if not problems:
+        _check_values(recipe, problems)
+    if problems:
+        raise ConfigError("\n".join(f"recipe {uri}: {p}" for p in problems))
+    recipe.source = uri
+    return recipe
+
+
+def recipe_from_dict(data: dict) -> Recipe:
+    """Rebuild a resolved recipe (as saved in a manifest); paths are already absolute."""
+    problems: list[str] = []
+    data = {k: v for k, v in data.items() if k != "source"}
+    recipe = _build(Recipe, data, "", problems, "/")
+    if problems:
+        raise ConfigError("\n".join(f"resolved recipe: {p}" for p in problems))
+    return recipe

@@ -1,0 +1,181 @@
+"""Input readers (webdataset tars in img2dataset's layout, parquet with an image-bytes column) and a
+deterministic tar shard writer.
+
+Readers stream from a path or s3:// and yield Sample objects. A sample that cannot be assembled
+(no image member, a member cut off) comes out with `error` set so the step can count it as a reject;
+a shard that ends early is recorded in the ShardReport and the samples it did yield are kept.
+"""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import pyarrow as pa
+
+from ovpipe import storage
+from ovpipe.data import tables
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+SHARD_SUFFIXES = (".tar", ".parquet")
+
+
+@dataclass
+class Sample:
+    key: str
+    image: bytes | None = None
+    image_ext: str | None = None
+    caption: bytes | None = None  # raw bytes: decoding errors are a reject reason, not a crash
+    meta: dict = field(default_factory=dict)
+    error: tuple[str, str] | None = None  # (reason, detail) when the sample is structurally broken
+
+    def caption_text(self) -> str | None:
+        """The caption as text, or None when it is not valid UTF-8."""
+        if self.caption is None:
+            return ""
+        try:
+            return self.caption.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+
+
+@dataclass
+class ShardReport:
+    uri: str
+    errors: list[dict] = field(default_factory=list)
+
+    def add(self, error: str, samples_read: int) -> None:
+        self.errors.append({"shard": self.uri, "error": error, "samples_read": samples_read})
+
+
+def list_shards(prefix: str) -> list[str]:
+    shards = [u for u in storage.list_uris(prefix) if u.endswith(SHARD_SUFFIXES)]
+    if not shards:
+        raise storage.NotFound(f"{prefix}: no .tar or .parquet shards found")
+    return shards
+
+
+def iter_samples(uri: str, report: ShardReport, fmt: str = "auto", id_column: str = "id",
+                 image_column: str = "image", caption_column: str = "caption") -> Iterator[Sample]:
+    if fmt == "parquet" or (fmt == "auto" and uri.endswith(".parquet")):
+        yield from _iter_parquet(uri, report, id_column, image_column, caption_column)
+    else:
+        yield from _iter_tar(uri, report)
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    """webdataset convention: the key is the path up to the first dot of the file name."""
+    folder, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), ext.lower()
+
+
+def _assemble(key: str, members: dict[str, bytes]) -> Sample:
+    sample = Sample(key=key)
+    for ext in IMAGE_EXTS:
+        if ext in members:
+            sample.image, sample.image_ext = members[ext], ext
+            break
+    sample.caption = members.get("txt")
+    if "json" in members:
+        try:
+            sample.meta = json.loads(members["json"])
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            sample.error = ("bad_metadata", f"json member: {exc}")
+    if sample.image is None and sample.error is None:
+        sample.error = ("missing_image", f"members {sorted(members)} hold no {'/'.join(IMAGE_EXTS)}")
+    return sample
+
+
+def _iter_tar(uri: str, report: ShardReport) -> Iterator[Sample]:
+    key, members, n = None, {}, 0
+    stream = storage.open_read(uri)
+    try:
+        with tarfile.open(fileobj=stream, mode="r|*") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                k, ext = _split_name(info.name)
+                data = tar.extractfile(info).read()
+                if k != key and key is not None:
+                    yield _assemble(key, members)
+                    n += 1
+                    members = {}
+                key = k
+                members[ext] = data
+    except (tarfile.TarError, EOFError, OSError, storage.StorageError) as exc:
+        report.add(f"shard ends early: {type(exc).__name__}: {exc}", n)
+        if key is not None:  # the group being read when the data stopped may be cut short
+            yield Sample(key=key, error=("incomplete_sample", f"shard ended while reading {sorted(members)}"))
+        return
+    finally:
+        stream.close()
+    if key is not None:
+        yield _assemble(key, members)
+
+
+def _image_bytes(value) -> bytes | None:
+    if isinstance(value, dict):  # Hugging Face datasets' Image feature: {bytes, path}
+        value = value.get("bytes")
+    return value
+
+
+def _iter_parquet(uri: str, report: ShardReport, id_column: str, image_column: str,
+                  caption_column: str) -> Iterator[Sample]:
+    n = 0
+    try:
+        pf = tables.parquet_file(uri)
+        names = pf.schema_arrow.names
+        missing = [c for c in (id_column, image_column) if c not in names]
+        if missing:
+            raise storage.StorageError(f"{uri}: parquet lacks columns {missing} (has {names}); "
+                                       "set data.id_column / data.image_column")
+        columns = [id_column, image_column] + ([caption_column] if caption_column in names else [])
+        for batch in pf.iter_batches(batch_size=256, columns=columns):
+            rows = batch.to_pydict()
+            for i, sid in enumerate(rows[id_column]):
+                cap = rows[caption_column][i] if caption_column in rows else None
+                image = _image_bytes(rows[image_column][i])
+                sample = Sample(key=str(sid), image=image, image_ext=None,
+                                caption=cap.encode("utf-8") if isinstance(cap, str) else cap)
+                if image is None:
+                    sample.error = ("missing_image", f"null {image_column!r}")
+                n += 1
+                yield sample
+    except (OSError, pa.ArrowException) as exc:
+        report.add(f"parquet read failed: {type(exc).__name__}: {exc}", n)
+
+
+class TarWriter:
+    """Deterministic webdataset tar: fixed mtime/owner/mode, members in the order given.
+
+    Written to a local temporary file and committed to `uri` atomically on close.
+    """
+
+    def __init__(self, uri: str):
+        self._out = storage.atomic_output(uri, ".tar")
+        self._path = self._out.__enter__()
+        self._tar = tarfile.open(self._path, "w", format=tarfile.USTAR_FORMAT)
+        self.count = 0
+
+    def write(self, key: str, members: dict[str, bytes]) -> None:
+        for ext, data in members.items():
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
+            info.uname = info.gname = ""
+            self._tar.addfile(info, io.BytesIO(data))
+        self.count += 1
+
+    def close(self) -> str:
+        """Commit; returns the sha256 of the shard."""
+        self._tar.close()
+        with open(self._path, "rb") as f:
+            digest = storage.sha256_bytes(f.read())
+        self._out.__exit__(None, None, None)
+        return digest
+
+    def abort(self) -> None:
+        self._tar.close()
+        self._out.__exit__(RuntimeError, None, None)

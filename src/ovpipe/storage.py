@@ -1,0 +1,346 @@
+"""One module for URIs: local paths (or file://) and s3://bucket/key through boto3.
+
+S3 settings come from the environment (DESIGN.md): OVPIPE_S3_ENDPOINT, AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY (AWS_REGION optional). Path-style addressing so the same code talks to
+SeaweedFS, MinIO or a cloud bucket. Writes are atomic: data goes to a temporary name and is committed
+by rename (local) or server-side copy (S3); a reader never sees a half-written object.
+Transient S3 errors are retried with exponential backoff; permanent ones raise StorageError naming
+the URI.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+import uuid
+from typing import IO, Any, Callable, Iterator
+
+_TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout",
+                    "RequestTimeTooSkewed", "Throttling", "ThrottlingException", "503", "500"}
+_MISSING_CODES = {"NoSuchKey", "404", "NotFound", "NoSuchBucket"}
+RETRIES = int(os.environ.get("OVPIPE_S3_RETRIES", "6"))
+
+
+class StorageError(IOError):
+    """A permanent storage failure; the message names the operation and the URI."""
+
+
+class NotFound(StorageError, FileNotFoundError):
+    pass
+
+
+def is_remote(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def _local(uri: str) -> str:
+    return uri[len("file://"):] if uri.startswith("file://") else uri
+
+
+def join(base: str, *parts: str) -> str:
+    if is_remote(base):
+        out = base.rstrip("/")
+        for p in parts:
+            out += "/" + p.strip("/")
+        return out
+    return os.path.join(_local(base), *parts)
+
+
+def parent(uri: str) -> str:
+    if is_remote(uri):
+        return uri.rstrip("/").rsplit("/", 1)[0]
+    return os.path.dirname(_local(uri).rstrip("/"))
+
+
+def basename(uri: str) -> str:
+    return uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    rest = uri[len("s3://"):]
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise StorageError(f"{uri}: no bucket in S3 URI (expected s3://bucket/key)")
+    return bucket, key
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ---------------------------------------------------------------- S3 client and retries
+
+@functools.lru_cache(maxsize=None)
+def _client_for(endpoint: str | None, pid: int):
+    import boto3
+    from botocore.config import Config
+
+    cfg = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3, "mode": "standard"},
+                 connect_timeout=10, read_timeout=120, signature_version="s3v4")
+    return boto3.client("s3", endpoint_url=endpoint or None, config=cfg,
+                        region_name=os.environ.get("AWS_REGION", "us-east-1"))
+
+
+def s3_client():
+    """A boto3 S3 client for the configured endpoint (one per process: clients are not fork-safe)."""
+    return _client_for(os.environ.get("OVPIPE_S3_ENDPOINT") or None, os.getpid())
+
+
+def _error_code(exc: Exception) -> str:
+    resp = getattr(exc, "response", None) or {}
+    err = resp.get("Error", {})
+    return str(err.get("Code") or resp.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+
+
+def _is_transient(exc: Exception) -> bool:
+    from botocore.exceptions import (ClientError, ConnectionClosedError, EndpointConnectionError,
+                                     ReadTimeoutError, ConnectTimeoutError)
+    if isinstance(exc, (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError,
+                        ConnectTimeoutError, ConnectionError)):
+        return True
+    return isinstance(exc, ClientError) and _error_code(exc) in _TRANSIENT_CODES
+
+
+def _retry(op: str, uri: str, fn: Callable[[], Any]) -> Any:
+    """Run an S3 call; back off on transient errors, raise StorageError naming the URI otherwise."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    delay = 0.2
+    for attempt in range(RETRIES + 1):
+        try:
+            return fn()
+        except (ClientError, BotoCoreError, ConnectionError) as exc:
+            if _is_transient(exc) and attempt < RETRIES:
+                time.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 10.0)
+                continue
+            code = _error_code(exc)
+            cls = NotFound if code in _MISSING_CODES else StorageError
+            hint = "" if cls is NotFound else " (check OVPIPE_S3_ENDPOINT and the AWS_* credentials)"
+            raise cls(f"{op} {uri}: {code or type(exc).__name__}: {exc}{hint}") from exc
+    raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------- reads
+
+def read_bytes(uri: str) -> bytes:
+    if is_remote(uri):
+        bucket, key = split_s3(uri)
+        return _retry("read", uri, lambda: s3_client().get_object(Bucket=bucket, Key=key)["Body"].read())
+    try:
+        with open(_local(uri), "rb") as f:
+            return f.read()
+    except FileNotFoundError as exc:
+        raise NotFound(f"read {uri}: no such file") from exc
+    except OSError as exc:
+        raise StorageError(f"read {uri}: {exc}") from exc
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode("utf-8")
+
+
+def read_json(uri: str) -> Any:
+    data = read_bytes(uri)
+    try:
+        return json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise StorageError(f"read {uri}: not valid JSON: {exc}") from exc
+
+
+def open_read(uri: str) -> IO[bytes]:
+    """A streaming binary reader (large objects are not loaded into memory)."""
+    if is_remote(uri):
+        bucket, key = split_s3(uri)
+        body = _retry("open", uri, lambda: s3_client().get_object(Bucket=bucket, Key=key)["Body"])
+        return body  # botocore StreamingBody: read(n), iter_chunks, close
+    try:
+        return open(_local(uri), "rb")
+    except FileNotFoundError as exc:
+        raise NotFound(f"open {uri}: no such file") from exc
+
+
+def exists(uri: str) -> bool:
+    if is_remote(uri):
+        bucket, key = split_s3(uri)
+        try:
+            _retry("stat", uri, lambda: s3_client().head_object(Bucket=bucket, Key=key))
+            return True
+        except NotFound:
+            return False
+    return os.path.exists(_local(uri))
+
+
+def list_uris(prefix: str, suffix: str = "") -> list[str]:
+    """Every object under a folder/prefix (recursive), sorted, skipping temporaries."""
+    if is_remote(prefix):
+        bucket, key = split_s3(prefix)
+        key = key.rstrip("/") + "/" if key else ""
+        out = []
+
+        def pages():
+            return list(s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key))
+
+        for page in _retry("list", prefix, pages):
+            for obj in page.get("Contents", []):
+                out.append(f"s3://{bucket}/{obj['Key']}")
+    else:
+        root = _local(prefix)
+        if os.path.isfile(root):
+            return [prefix] if prefix.endswith(suffix) else []
+        out = [os.path.join(d, f) for d, _, files in os.walk(root) for f in files]
+    return sorted(u for u in out if u.endswith(suffix) and ".tmp-" not in basename(u))
+
+
+# ---------------------------------------------------------------- atomic writes
+
+def _tmp_name(uri: str) -> str:
+    return f"{uri}.tmp-{uuid.uuid4().hex[:12]}"
+
+
+def put_file(local_path: str, uri: str) -> None:
+    """Commit a finished local file to `uri` atomically (moved if local, uploaded if S3)."""
+    if is_remote(uri):
+        from boto3.s3.transfer import TransferConfig
+
+        bucket, key = split_s3(uri)
+        tmp_key = split_s3(_tmp_name(uri))[1]
+        client = s3_client()
+        big = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=64 << 20)
+        _retry("write", uri, lambda: client.upload_file(local_path, bucket, tmp_key, Config=big))
+        _retry("commit", uri, lambda: client.copy({"Bucket": bucket, "Key": tmp_key}, bucket, key, Config=big))
+        _retry("cleanup", uri, lambda: client.delete_object(Bucket=bucket, Key=tmp_key))
+        return
+    dest = _local(uri)
+    os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
+    tmp = _tmp_name(dest)
+    shutil.copyfile(local_path, tmp)
+    os.replace(tmp, dest)
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    if is_remote(uri):
+        bucket, key = split_s3(uri)
+        tmp_key = split_s3(_tmp_name(uri))[1]
+        client = s3_client()
+        _retry("write", uri, lambda: client.put_object(Bucket=bucket, Key=tmp_key, Body=data))
+        _retry("commit", uri, lambda: client.copy_object(
+            Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": tmp_key}))
+        _retry("cleanup", uri, lambda: client.delete_object(Bucket=bucket, Key=tmp_key))
+        return
+    dest = _local(uri)
+    try:
+        os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
+        tmp = _tmp_name(dest)
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, dest)
+    except OSError as exc:
+        raise StorageError(f"write {uri}: {exc}") from exc
+
+
+def write_text(uri: str, text: str) -> None:
+    write_bytes(uri, text.encode("utf-8"))
+
+
+def write_json(uri: str, obj: Any) -> bytes:
+    data = (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+    write_bytes(uri, data)
+    return data
+
+
+class atomic_output:
+    """`with atomic_output(uri) as path:` write a local file at `path`; committed to `uri` on success."""
+
+    def __init__(self, uri: str, suffix: str = ""):
+        self.uri = uri
+        self.suffix = suffix
+
+    def __enter__(self) -> str:
+        fd, self.path = tempfile.mkstemp(suffix=self.suffix, prefix="ovpipe-")
+        os.close(fd)
+        return self.path
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                put_file(self.path, self.uri)
+        finally:
+            if os.path.exists(self.path):
+                os.unlink(self.path)
+
+
+def delete(uri: str) -> None:
+    if is_remote(uri):
+        bucket, key = split_s3(uri)
+        _retry("delete", uri, lambda: s3_client().delete_object(Bucket=bucket, Key=key))
+    elif os.path.exists(_local(uri)):
+        os.unlink(_local(uri))
+
+
+def download(uri: str, local_path: str) -> str:
+    if is_remote(uri):
+        bucket, key = split_s3(uri)
+        os.makedirs(os.path.dirname(local_path) or ".", exist_ok=True)
+        _retry("download", uri, lambda: s3_client().download_file(bucket, key, local_path))
+        return local_path
+    shutil.copyfile(_local(uri), local_path)
+    return local_path
+
+
+def localize(uri: str, cache_dir: str | None = None) -> str:
+    """A local path for a file or folder URI: itself when local, else a cached download."""
+    if not is_remote(uri):
+        path = _local(uri)
+        if not os.path.exists(path):
+            raise NotFound(f"localize {uri}: no such file or folder")
+        return path
+    cache = cache_dir or os.environ.get("OVPIPE_CACHE", os.path.join(tempfile.gettempdir(), "ovpipe-cache"))
+    dest = os.path.join(cache, hashlib.sha256(uri.encode()).hexdigest()[:16], basename(uri))
+    if os.path.exists(dest):
+        return dest
+    objects = list_uris(uri)
+    if exists(uri):  # a single object
+        download(uri, dest)
+    elif objects:
+        for obj in objects:
+            download(obj, os.path.join(dest, obj[len(uri.rstrip('/')) + 1:]))
+    else:
+        raise NotFound(f"localize {uri}: no such object or prefix")
+    return dest
+
+
+def iter_chunks(uri: str, size: int = 1 << 20) -> Iterator[bytes]:
+    with open_read(uri) as f:
+        while chunk := f.read(size):
+            yield chunk
+
+
+def sha256_uri(uri: str) -> str:
+    h = hashlib.sha256()
+    for chunk in iter_chunks(uri):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def ensure_bucket(uri: str) -> None:
+    """Create the bucket of an s3:// URI if it does not exist (local: make the folder)."""
+    if not is_remote(uri):
+        os.makedirs(_local(uri), exist_ok=True)
+        return
+    bucket, _ = split_s3(uri)
+    client = s3_client()
+    try:
+        _retry("stat bucket", f"s3://{bucket}", lambda: client.head_bucket(Bucket=bucket))
+    except StorageError:
+        _retry("create bucket", f"s3://{bucket}", lambda: client.create_bucket(Bucket=bucket))
+
+
+def bytes_io(data: bytes) -> IO[bytes]:
+    return io.BytesIO(data)

@@ -1,0 +1,87 @@
+"""Entry points the KFP components call: plain functions of strings (no kfp here).
+
+Every component passes the same four strings — recipe URI, store URI, run id, JSON overrides — plus
+a shard range for per-shard work. Bulk data stays in the store; what goes back to KFP is small.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+from ovpipe import sharded
+from ovpipe.cli import make_context, step_module
+from ovpipe.data import source
+from ovpipe.sharded import Context
+
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def context(recipe: str, store: str, run_id: str, overrides: str = "{}") -> Context:
+    extra = json.loads(overrides or "{}")
+    if not isinstance(extra, dict):
+        raise ValueError(f"overrides {overrides!r}: expected a JSON object of key.path → value")
+    return make_context(recipe, store, run_id or None, [f"{k}={json.dumps(v)}" for k, v in extra.items()])
+
+
+def synth(recipe: str, store: str, run_id: str, overrides: str) -> dict | None:
+    """The synthetic corpus, unless the recipe names an input (then nothing to do)."""
+    ctx = context(recipe, store, run_id, overrides)
+    if ctx.recipe.data.input:
+        return None
+    mod = step_module("synth")
+    mod.process(ctx)
+    return mod.finalize(ctx)
+
+
+def plan(recipe: str, store: str, run_id: str, overrides: str) -> list[str]:
+    """Shard ranges for the ParallelFor loops, from the input listing and data.group_size."""
+    ctx = context(recipe, store, run_id, overrides)
+    return sharded.group_specs(len(source.input_shards(ctx)), ctx.recipe.data.group_size)
+
+
+def process(step: str, recipe: str, store: str, run_id: str, overrides: str, shards: str, **kw) -> str:
+    ctx = context(recipe, store, run_id, overrides)
+    step_module(step).process(ctx, shards, 1, **kw)
+    return shards
+
+
+def concepts_index(recipe: str, store: str, run_id: str, overrides: str) -> str:
+    from ovpipe.curation.concepts import build_vocab_index
+
+    return build_vocab_index(context(recipe, store, run_id, overrides))
+
+
+def filter_dedup(recipe: str, store: str, run_id: str, overrides: str) -> str:
+    from ovpipe.curation.filter import dedup_all
+
+    return dedup_all(context(recipe, store, run_id, overrides))
+
+
+def finalize(step: str, recipe: str, store: str, run_id: str, overrides: str) -> dict:
+    """Collect a step's shards into its manifest (global steps run whole here)."""
+    ctx = context(recipe, store, run_id, overrides)
+    mod = step_module(step)
+    return mod.finalize(ctx) if hasattr(mod, "finalize") else mod.run(ctx)
+
+
+def publish(body: dict | None, dataset_path: str | None = None, metadata: dict | None = None,
+            metrics=None) -> None:
+    """Copy a manifest into the KFP artifact file and surface its numbers in the UI."""
+    if body is None:
+        return
+    if dataset_path:
+        os.makedirs(os.path.dirname(dataset_path), exist_ok=True)
+        with open(dataset_path, "w") as f:
+            json.dump(body, f, indent=2, sort_keys=True)
+    counts = body["counts"]
+    summary = {"step": body["step"], "in": counts["in"], "out": counts["out"],
+               "rejected": sum(counts["rejected"].values()), "wall_seconds": body["wall_seconds"]}
+    if metadata is not None:
+        metadata.update(summary)
+        metadata["rejected_by_reason"] = counts["rejected"]
+    if metrics is not None:
+        for key, value in {**summary, **body.get("metrics", {})}.items():
+            if isinstance(value, (int, float)) and value == value:  # KFP metrics are numbers, NaN-free
+                metrics.log_metric(key, float(value))
