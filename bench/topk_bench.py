@@ -222,7 +222,7 @@ def plot(report: dict, path: Path) -> bool:
     ax.set_ylabel(f"recall@{cfg['k']} vs exact")
     ax.set_title(
         f"top-{cfg['k']} concepts: {cfg['images']:,} images x {cfg['concepts']:,} "
-        f"concepts, d={cfg['dim']}",
+        f"concepts, d={cfg['dim']}, {report['environment']['faiss_threads']} CPU threads",
         fontsize=9,
     )
     ax.grid(True, which="both", alpha=0.3)

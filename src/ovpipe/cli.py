@@ -10,7 +10,7 @@ import sys
 import time
 
 from ovpipe import storage
-from ovpipe.config import ConfigError, load_recipe
+from ovpipe.config import ConfigError, load_recipe, parse_overrides
 from ovpipe.sharded import Context
 
 STEPS = ("synth", "embed", "concepts", "balance", "caption", "filter")
@@ -42,6 +42,40 @@ def run_step(ctx: Context, step: str, shards: str = "all", workers: int = 1) -> 
         mod.process(ctx, shards, workers)
         return mod.finalize(ctx)
     return mod.run(ctx)
+
+
+def run_local(args, ctx: Context) -> None:
+    """`ovpipe run`: the DAG through kfp.local (pipelines/ holds the kfp side), then a summary."""
+    local = importlib.import_module("pipelines.local")
+    steps = local.select_steps(args.first, args.last)
+    overrides = dict(parse_overrides(args.set))
+    if args.input:
+        overrides["data.input"] = args.input
+    storage.ensure_bucket(ctx.store)
+    root = os.path.join(os.path.abspath(".ovpipe") if storage.is_remote(ctx.store) else ctx.store,
+                        ctx.run_id, "_kfp")
+    recipe = os.path.abspath(args.recipe) if os.path.exists(args.recipe) else args.recipe
+    t0 = time.perf_counter()
+    local.run(recipe, ctx.store, ctx.run_id, json.dumps(overrides, sort_keys=True), steps, root,
+              cache=not args.no_cache)
+    print(f"\novpipe: {', '.join(steps)} finished in {time.perf_counter() - t0:.0f} s")
+    print(summary(ctx, steps))
+    print(f"  outputs: {storage.join(ctx.store, ctx.run_id)}   (kfp task logs and artifacts: {root})")
+
+
+def summary(ctx: Context, steps) -> str:
+    """One line per finished step: counts, rejects by reason, manifest and plots."""
+    lines = []
+    for step in steps:
+        uri = ctx.uri(step, "manifest.json")
+        if not storage.exists(uri):
+            continue
+        body = storage.read_json(uri)
+        c = body["counts"]
+        lines.append(f"  {step:9s} in={c['in']:<8d} out={c['out']:<8d} rejected={c['rejected']}")
+        lines.append(f"  {'':9s} manifest: {uri}")
+        lines += [f"  {'':9s} plot: {p}" for p in body.get("plots", [])]
+    return "\n".join(lines)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -85,9 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         if args.command == "run":
-            local = importlib.import_module("pipelines.local")  # kfp lives outside ovpipe
-            local.run(args.recipe, store, ctx.run_id, overrides=args.set, input_uri=args.input,
-                      first=args.first, last=args.last, cache=not args.no_cache)
+            run_local(args, ctx)
             return 0
         mod = step_module(args.command)
         workers = args.workers or ctx.recipe.data.workers

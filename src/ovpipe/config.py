@@ -105,8 +105,11 @@ class FilterConfig:
     min_script_ratio: float = 0.5  # share of letters in the expected script
     max_ngram_repeat: float = 0.3  # share of repeated 3-grams
     max_same_word_run: int = 8  # this many identical consecutive words = repetition
+    # Phrases a captioner uses when it declines; kept narrow so real descriptions ("a sign reading
+    # unable to park", "文字模糊，无法辨认") are not rejected.
     refusal_phrases: list[str] = field(default_factory=lambda: [
-        "i'm sorry", "i cannot", "i can't", "as an ai", "unable to", "抱歉", "无法", "作为一个ai",
+        "i'm sorry", "i am sorry", "i cannot", "i can't", "as an ai", "i am unable to", "i'm unable to",
+        "抱歉", "我无法", "作为一个ai", "作为人工智能",
     ])
     min_clip_score: float | None = 0.15  # image-text cosine similarity; null disables
     dedup: str = "near"  # none | exact | near

@@ -77,19 +77,23 @@ def sha256_bytes(data: bytes) -> str:
 # ---------------------------------------------------------------- S3 client and retries
 
 @functools.lru_cache(maxsize=None)
-def _client_for(endpoint: str | None, pid: int):
+def _client_for(endpoint: str | None, region: str, key_id: str | None, secret: str | None, pid: int):
     import boto3
     from botocore.config import Config
 
     cfg = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3, "mode": "standard"},
                  connect_timeout=10, read_timeout=120, signature_version="s3v4")
-    return boto3.client("s3", endpoint_url=endpoint or None, config=cfg,
-                        region_name=os.environ.get("AWS_REGION", "us-east-1"))
+    return boto3.client("s3", endpoint_url=endpoint or None, config=cfg, region_name=region)
 
 
 def s3_client():
-    """A boto3 S3 client for the configured endpoint (one per process: clients are not fork-safe)."""
-    return _client_for(os.environ.get("OVPIPE_S3_ENDPOINT") or None, os.getpid())
+    """A boto3 S3 client for the configured endpoint (one per process: clients are not fork-safe).
+
+    Keyed on the settings too, so a process that changes endpoint or credentials gets a new client
+    instead of one still signing with the old keys."""
+    env = os.environ
+    return _client_for(env.get("OVPIPE_S3_ENDPOINT") or None, env.get("AWS_REGION", "us-east-1"),
+                       env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY"), os.getpid())
 
 
 def _error_code(exc: Exception) -> str:
@@ -109,13 +113,16 @@ def _is_transient(exc: Exception) -> bool:
 
 def _retry(op: str, uri: str, fn: Callable[[], Any]) -> Any:
     """Run an S3 call; back off on transient errors, raise StorageError naming the URI otherwise."""
+    from boto3.exceptions import S3UploadFailedError
     from botocore.exceptions import BotoCoreError, ClientError
 
     delay = 0.2
     for attempt in range(RETRIES + 1):
         try:
             return fn()
-        except (ClientError, BotoCoreError, ConnectionError) as exc:
+        except (ClientError, BotoCoreError, ConnectionError, S3UploadFailedError) as err:
+            # upload_file wraps the ClientError (as __context__): judge and report the real one.
+            exc = (err.__cause__ or err.__context__ or err) if isinstance(err, S3UploadFailedError) else err
             if _is_transient(exc) and attempt < RETRIES:
                 time.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 10.0)
@@ -154,12 +161,33 @@ def read_json(uri: str) -> Any:
         raise StorageError(f"read {uri}: not valid JSON: {exc}") from exc
 
 
+class _S3Raw(io.RawIOBase):
+    """A botocore StreamingBody as a raw file. StreamingBody's own `with` yields the bare urllib3
+    stream, which skips botocore's Content-Length check, so a truncated read would pass silently."""
+
+    def __init__(self, body):
+        self._body = body
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        data = self._body.read(len(b))  # raises IncompleteReadError if the stream ends early
+        b[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._body.close()
+        super().close()
+
+
 def open_read(uri: str) -> IO[bytes]:
-    """A streaming binary reader (large objects are not loaded into memory)."""
+    """A streaming binary reader (large objects are not loaded into memory); use it in `with`."""
     if is_remote(uri):
         bucket, key = split_s3(uri)
         body = _retry("open", uri, lambda: s3_client().get_object(Bucket=bucket, Key=key)["Body"])
-        return body  # botocore StreamingBody: read(n), iter_chunks, close
+        return io.BufferedReader(_S3Raw(body), buffer_size=1 << 20)
     try:
         return open(_local(uri), "rb")
     except FileNotFoundError as exc:
@@ -204,6 +232,15 @@ def _tmp_name(uri: str) -> str:
     return f"{uri}.tmp-{uuid.uuid4().hex[:12]}"
 
 
+def _delete_quietly(uri: str, bucket: str, tmp_key: str) -> None:
+    """Remove a temporary key; a failure here must not mask the write's own error (readers skip
+    `.tmp-` names anyway)."""
+    try:
+        _retry("cleanup", uri, lambda: s3_client().delete_object(Bucket=bucket, Key=tmp_key))
+    except StorageError:
+        pass
+
+
 def put_file(local_path: str, uri: str) -> None:
     """Commit a finished local file to `uri` atomically (moved if local, uploaded if S3)."""
     if is_remote(uri):
@@ -213,9 +250,12 @@ def put_file(local_path: str, uri: str) -> None:
         tmp_key = split_s3(_tmp_name(uri))[1]
         client = s3_client()
         big = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=64 << 20)
-        _retry("write", uri, lambda: client.upload_file(local_path, bucket, tmp_key, Config=big))
-        _retry("commit", uri, lambda: client.copy({"Bucket": bucket, "Key": tmp_key}, bucket, key, Config=big))
-        _retry("cleanup", uri, lambda: client.delete_object(Bucket=bucket, Key=tmp_key))
+        try:
+            _retry("write", uri, lambda: client.upload_file(local_path, bucket, tmp_key, Config=big))
+            _retry("commit", uri, lambda: client.copy({"Bucket": bucket, "Key": tmp_key}, bucket, key,
+                                                      Config=big))
+        finally:  # also after a failed commit: no temporary left behind
+            _delete_quietly(uri, bucket, tmp_key)
         return
     dest = _local(uri)
     os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
@@ -229,10 +269,12 @@ def write_bytes(uri: str, data: bytes) -> None:
         bucket, key = split_s3(uri)
         tmp_key = split_s3(_tmp_name(uri))[1]
         client = s3_client()
-        _retry("write", uri, lambda: client.put_object(Bucket=bucket, Key=tmp_key, Body=data))
-        _retry("commit", uri, lambda: client.copy_object(
-            Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": tmp_key}))
-        _retry("cleanup", uri, lambda: client.delete_object(Bucket=bucket, Key=tmp_key))
+        try:
+            _retry("write", uri, lambda: client.put_object(Bucket=bucket, Key=tmp_key, Body=data))
+            _retry("commit", uri, lambda: client.copy_object(
+                Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": tmp_key}))
+        finally:
+            _delete_quietly(uri, bucket, tmp_key)
         return
     dest = _local(uri)
     try:
@@ -306,11 +348,22 @@ def localize(uri: str, cache_dir: str | None = None) -> str:
     if os.path.exists(dest):
         return dest
     objects = list_uris(uri)
-    if exists(uri):  # a single object
+    if exists(uri):  # a single object (download_file itself writes to a temporary and renames)
         download(uri, dest)
     elif objects:
-        for obj in objects:
-            download(obj, os.path.join(dest, obj[len(uri.rstrip('/')) + 1:]))
+        # Into a temporary folder renamed at the end: an interrupted download must not leave a
+        # partial folder that the `os.path.exists(dest)` check above would then trust.
+        tmp = _tmp_name(dest)
+        try:
+            for obj in objects:
+                download(obj, os.path.join(tmp, obj[len(uri.rstrip('/')) + 1:]))
+            try:
+                os.rename(tmp, dest)
+            except OSError:  # another process finished first: keep its copy
+                if not os.path.isdir(dest):
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     else:
         raise NotFound(f"localize {uri}: no such object or prefix")
     return dest

@@ -54,9 +54,8 @@ def build_vocab_index(ctx: Context) -> str:
 
 @functools.lru_cache(maxsize=2)
 def _index(index_uri: str, use_gpu: str, nprobe: int):
-    index = topk.deserialize_index(storage.read_bytes(index_uri))
-    if hasattr(index, "nprobe"):
-        index.nprobe = nprobe
+    index = topk.deserialize_index(storage.read_bytes(index_uri), use_gpu=use_gpu)
+    topk.set_nprobe(index, nprobe)  # no-op for exact indices
     return index
 
 

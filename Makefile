@@ -1,0 +1,46 @@
+# ovpipe — `make run` runs the pipeline locally on the tiny recipe; `make test` runs the tests.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+RECIPE ?= configs/recipes/tiny.yaml
+RUN ?= tiny
+STORE ?= local
+LOCAL_STORE ?= $(or $(OVPIPE_STORE),$(CURDIR)/store)
+PIP_VERSION := 26.3
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+
+.PHONY: install run test compile bench lint clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip==$(PIP_VERSION)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# STORE=local (default): a folder; STORE=s3: a SeaweedFS S3 server on 127.0.0.1 for the run's duration.
+run: install
+ifeq ($(STORE),s3)
+	$(PY) -m ovpipe.s3server run --bucket ovpipe -- \
+		$(VENV)/bin/ovpipe run --recipe $(RECIPE) --store s3://ovpipe/runs --run-id $(RUN) $(ARGS)
+else
+	$(VENV)/bin/ovpipe run --recipe $(RECIPE) --store $(LOCAL_STORE) --run-id $(RUN) $(ARGS)
+endif
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+compile: install
+	$(PY) -m pipelines.compile
+
+bench: install
+	$(PY) bench/topk_bench.py
+	$(PY) bench/balance_bench.py
+
+lint: install
+	$(VENV)/bin/ruff check src components pipelines tests bench
+
+clean:
+	rm -rf $(LOCAL_STORE) .ovpipe

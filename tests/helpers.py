@@ -1,0 +1,66 @@
+"""Shared test helpers: a small variant of the tiny recipe and step runners."""
+from __future__ import annotations
+
+import json
+import os
+
+import pyarrow.parquet as pq
+
+from ovpipe import storage
+from ovpipe.cli import make_context, run_step
+from ovpipe.sharded import Context
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "configs", "recipes", "tiny.yaml")
+STEPS = ("synth", "embed", "concepts", "balance", "caption", "filter")
+
+# Small enough for CI, large enough that every bad kind appears in every shard.
+SMALL = ["synth.shards=3", "synth.samples_per_shard=60", "balance.target=10000", "data.group_size=1"]
+
+
+def small_context(store: str, *extra: str, run_id: str = "t") -> Context:
+    return make_context(TINY, store, run_id, SMALL + list(extra))
+
+
+def run_all(ctx: Context, workers: int = 1, steps=STEPS) -> dict:
+    return {step: run_step(ctx, step, "all", workers) for step in steps}
+
+
+def data_digests(ctx: Context, steps=STEPS) -> dict:
+    """Per step: sha256 of every data output and of rejects.parquet (not manifests: they hold timings)."""
+    out = {}
+    for step in steps:
+        body = storage.read_json(ctx.uri(step, "manifest.json"))
+        out[step] = sorted((storage.basename(o["uri"]), o["sha256"]) for o in body["outputs"])
+        out[step].append(("rejects.parquet", storage.sha256_uri(ctx.uri(step, "rejects.parquet"))))
+    return out
+
+
+def rejects(ctx: Context, step: str) -> dict[str, str]:
+    table = pq.read_table(storage.localize(ctx.uri(step, "rejects.parquet")) if not storage.is_remote(ctx.store)
+                          else _tmp_copy(ctx.uri(step, "rejects.parquet")))
+    return dict(zip(table.column("id").to_pylist(), table.column("reason").to_pylist()))
+
+
+def _tmp_copy(uri: str) -> str:
+    import tempfile
+
+    path = tempfile.mktemp(suffix=".parquet")
+    storage.download(uri, path)
+    return path
+
+
+def synth_meta(ctx: Context) -> dict[str, dict]:
+    """key → json meta of every synthetic sample."""
+    from ovpipe.data.shards import ShardReport, iter_samples
+    from ovpipe.data.source import input_shards
+
+    metas = {}
+    for uri in input_shards(ctx):
+        for s in iter_samples(uri, ShardReport(uri)):
+            metas[s.key] = s.meta
+    return metas
+
+
+def dump(obj) -> str:
+    return json.dumps(obj, indent=1, sort_keys=True)
