@@ -31,8 +31,11 @@ HOST = "127.0.0.1"
 REGION = "us-east-1"
 # Every listening port of `weed mini` (flag name without the dash); s3.port is first. gRPC ports
 # default to http port + 10000, which may be taken or out of range, so they are set explicitly too.
+# admin.port/admin.port.grpc are chosen apart: mini's built-in worker dials admin.port + 10000
+# whatever admin.port.grpc says (4.48), so that pair must be exactly 10000 apart.
 _PORT_FLAGS = ("s3.port", "s3.port.grpc", "master.port", "master.port.grpc", "volume.port",
-               "volume.port.grpc", "filer.port", "filer.port.grpc", "admin.port", "admin.port.grpc")
+               "volume.port.grpc", "filer.port", "filer.port.grpc")
+_GRPC_OFFSET = 10000
 _LIVE: set["SeaweedS3"] = set()  # started servers, stopped at interpreter exit if still running
 
 
@@ -65,6 +68,22 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+def _free_pair(offset: int, avoid: set[int], tries: int = 100) -> tuple[int, int]:
+    """A free port p with p + offset free too (held together while checking)."""
+    for _ in range(tries):
+        with socket.socket() as a, socket.socket() as b:
+            a.bind((HOST, 0))
+            p = a.getsockname()[1]
+            if p in avoid or p + offset > 65535 or p + offset in avoid:
+                continue
+            try:
+                b.bind((HOST, p + offset))
+            except OSError:
+                continue
+            return p, p + offset
+    raise S3ServerError(f"no free pair of ports {offset} apart on {HOST}")
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -140,13 +159,14 @@ class SeaweedS3:
                     raise
         raise AssertionError("unreachable")
 
-    def stop(self, timeout: float = 15.0) -> None:
-        """Terminate weed's process group (SIGTERM for a clean flush, SIGKILL if it hangs) and wait."""
+    def stop(self, timeout: float = 10.0) -> None:
+        """Terminate weed's process group and wait: SIGTERM for a clean flush; if it hangs, SIGQUIT
+        (Go dumps every goroutine into weed.log, to see where) and finally SIGKILL."""
         proc, self.proc = self.proc, None
         _LIVE.discard(self)
         if proc is None:
             return
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGQUIT, 3.0), (signal.SIGKILL, 5.0)):
             try:
                 os.killpg(proc.pid, sig)
             except ProcessLookupError:
@@ -187,6 +207,8 @@ class SeaweedS3:
         if self.port:
             ports = [self.port] + [p for p in ports if p != self.port][:len(_PORT_FLAGS) - 1]
         self.ports = dict(zip(_PORT_FLAGS, ports))
+        admin, admin_grpc = _free_pair(_GRPC_OFFSET, set(ports))
+        self.ports.update({"admin.port": admin, "admin.port.grpc": admin_grpc})
         d = self.data_dir
         cmd = [weed, f"-logdir={d / 'logs'}", "mini", f"-dir={d / 'store'}", f"-ip={HOST}",
                f"-ip.bind={HOST}", f"-s3.config={d / 's3.json'}", "-admin.ui=false", "-webdav=false",

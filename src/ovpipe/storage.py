@@ -77,13 +77,19 @@ def sha256_bytes(data: bytes) -> str:
 # ---------------------------------------------------------------- S3 client and retries
 
 @functools.lru_cache(maxsize=None)
-def _client_for(endpoint: str | None, region: str, key_id: str | None, secret: str | None, pid: int):
-    import boto3
+def _client_for(endpoint: str | None, region: str, key_id: str | None, secret: str | None,
+                token: str | None, pid: int):
+    import boto3.session
     from botocore.config import Config
 
     cfg = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3, "mode": "standard"},
                  connect_timeout=10, read_timeout=120, signature_version="s3v4")
-    return boto3.client("s3", endpoint_url=endpoint or None, config=cfg, region_name=region)
+    # A new Session with explicit keys: boto3's default session caches the first credentials it
+    # resolved, so later env changes would otherwise be ignored. No keys: boto3's own chain.
+    creds = ({"aws_access_key_id": key_id, "aws_secret_access_key": secret, "aws_session_token": token}
+             if key_id else {})
+    return boto3.session.Session().client("s3", endpoint_url=endpoint or None, config=cfg,
+                                          region_name=region, **creds)
 
 
 def s3_client():
@@ -93,7 +99,8 @@ def s3_client():
     instead of one still signing with the old keys."""
     env = os.environ
     return _client_for(env.get("OVPIPE_S3_ENDPOINT") or None, env.get("AWS_REGION", "us-east-1"),
-                       env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY"), os.getpid())
+                       env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY"),
+                       env.get("AWS_SESSION_TOKEN"), os.getpid())
 
 
 def _error_code(exc: Exception) -> str:
@@ -165,14 +172,20 @@ class _S3Raw(io.RawIOBase):
     """A botocore StreamingBody as a raw file. StreamingBody's own `with` yields the bare urllib3
     stream, which skips botocore's Content-Length check, so a truncated read would pass silently."""
 
-    def __init__(self, body):
+    def __init__(self, body, uri: str):
         self._body = body
+        self.uri = uri
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, b) -> int:
-        data = self._body.read(len(b))  # raises IncompleteReadError if the stream ends early
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            data = self._body.read(len(b))  # IncompleteReadError if the stream ends early
+        except (BotoCoreError, ConnectionError) as exc:
+            raise StorageError(f"read {self.uri}: stream failed: {exc}") from exc
         b[:len(data)] = data
         return len(data)
 
@@ -187,7 +200,7 @@ def open_read(uri: str) -> IO[bytes]:
     if is_remote(uri):
         bucket, key = split_s3(uri)
         body = _retry("open", uri, lambda: s3_client().get_object(Bucket=bucket, Key=key)["Body"])
-        return io.BufferedReader(_S3Raw(body), buffer_size=1 << 20)
+        return io.BufferedReader(_S3Raw(body, uri), buffer_size=1 << 20)
     try:
         return open(_local(uri), "rb")
     except FileNotFoundError as exc:
@@ -332,6 +345,9 @@ def download(uri: str, local_path: str) -> str:
         os.makedirs(os.path.dirname(local_path) or ".", exist_ok=True)
         _retry("download", uri, lambda: s3_client().download_file(bucket, key, local_path))
         return local_path
+    if not os.path.isfile(_local(uri)):
+        raise NotFound(f"download {uri}: no such file")
+    os.makedirs(os.path.dirname(local_path) or ".", exist_ok=True)  # as the S3 branch does
     shutil.copyfile(_local(uri), local_path)
     return local_path
 

@@ -40,6 +40,8 @@ def parquet_file(uri: str) -> pq.ParquetFile:
         if storage.is_remote(uri):
             return pq.ParquetFile(_s3_filesystem().open_input_file(uri[len("s3://"):]))
         return pq.ParquetFile(storage._local(uri))
+    except FileNotFoundError as exc:  # same NotFound as storage's own readers raise
+        raise storage.NotFound(f"open parquet {uri}: no such file or object") from exc
     except (OSError, pa.ArrowException) as exc:
         raise storage.StorageError(f"open parquet {uri}: {exc}") from exc
 
