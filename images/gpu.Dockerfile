@@ -40,17 +40,20 @@ ARG OVPIPE_EXTRAS=gpu
 # constraints.txt is the `pip freeze` of the environment tested together (../shared/DESIGN.md).
 #
 # faiss-cpu (a core dependency) and faiss-gpu-cu12 (the `gpu` extra) both install the Python package
-# `faiss`: installed together, their files overwrite each other, and faiss's loader can even pick
-# faiss-cpu's leftover AVX2/AVX-512 module, silently giving the CPU build. So: remove both, then put
-# faiss-gpu back alone, without dependencies (its CUDA libraries are already installed).
+# `faiss`, sharing its .py files; faiss-cpu's extension is `_swigfaiss.abi3.so`, faiss-gpu's
+# `_swigfaiss.so`, and Python prefers the abi3 name: installed together, `import faiss` silently
+# loads the CPU build (no StandardGpuResources). So: remove both, then put faiss-gpu back alone,
+# without dependencies (its CUDA libraries are already installed), and check no abi3 module is left.
 COPY pyproject.toml constraints.txt ./
+# DL3013 (unpinned pip install) is a false positive: "${faiss_gpu}" is the exact name==version just installed.
+# hadolint ignore=DL3013
 RUN python -c 'import sys, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; extras = [e for e in sys.argv[1].split(",") if e]; print("\n".join(p["dependencies"] + [d for e in extras for d in p["optional-dependencies"][e]]))' \
         "${OVPIPE_EXTRAS}" > /tmp/requirements.txt \
  && pip install --no-cache-dir -c constraints.txt -r /tmp/requirements.txt \
- && faiss_gpu="$(pip freeze | grep -i '^faiss-gpu')" \
+ && faiss_gpu="$(pip list --format=freeze | grep -i '^faiss-gpu')" \
  && pip uninstall -y faiss-cpu "${faiss_gpu%%==*}" \
  && pip install --no-cache-dir --no-deps "${faiss_gpu}" \
- && if pip show faiss-cpu > /dev/null 2>&1; then echo "faiss-cpu is still installed" >&2; exit 1; fi
+ && python -c 'import importlib.util as u, pathlib; d = pathlib.Path(u.find_spec("faiss").submodule_search_locations[0]); left = sorted(p.name for p in d.glob("_swigfaiss*.abi3.so")); assert not left, f"faiss-cpu module left behind: {left}"'
 
 # The package itself. --no-deps: the layer above installed every dependency, and pip would otherwise
 # bring faiss-cpu back over faiss-gpu. pip check must then report nothing but that missing faiss-cpu.

@@ -89,11 +89,23 @@ def _assemble(key: str, members: dict[str, bytes]) -> Sample:
     return sample
 
 
+class _TarInfo(tarfile.TarInfo):
+    """Notes the end-of-archive marker: tarfile silently stops at a stream cut on a header boundary."""
+
+    @classmethod
+    def fromtarfile(cls, tar):
+        try:
+            return super().fromtarfile(tar)
+        except tarfile.EOFHeaderError:
+            tar.ovpipe_clean_end = True
+            raise
+
+
 def _iter_tar(uri: str, report: ShardReport) -> Iterator[Sample]:
     key, members, n = None, {}, 0
     stream = storage.open_read(uri)
     try:
-        with tarfile.open(fileobj=stream, mode="r|*") as tar:
+        with tarfile.open(fileobj=stream, mode="r|*", tarinfo=_TarInfo) as tar:
             for info in tar:
                 if not info.isfile():
                     continue
@@ -105,6 +117,8 @@ def _iter_tar(uri: str, report: ShardReport) -> Iterator[Sample]:
                     members = {}
                 key = k
                 members[ext] = data
+            if not getattr(tar, "ovpipe_clean_end", False):
+                raise tarfile.ReadError("no end-of-archive marker (the stream stopped between members)")
     except (tarfile.TarError, EOFError, OSError, storage.StorageError) as exc:
         report.add(f"shard ends early: {type(exc).__name__}: {exc}", n)
         if key is not None:  # the group being read when the data stopped may be cut short
@@ -130,7 +144,7 @@ def _iter_parquet(uri: str, report: ShardReport, id_column: str, image_column: s
         names = pf.schema_arrow.names
         missing = [c for c in (id_column, image_column) if c not in names]
         if missing:
-            raise storage.StorageError(f"{uri}: parquet lacks columns {missing} (has {names}); "
+            raise ValueError(f"{uri}: parquet lacks columns {missing} (has {names}); "
                                        "set data.id_column / data.image_column")
         columns = [id_column, image_column] + ([caption_column] if caption_column in names else [])
         for batch in pf.iter_batches(batch_size=256, columns=columns):

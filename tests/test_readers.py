@@ -1,0 +1,94 @@
+"""Input readers: img2dataset-style tars (also cut short) and parquet with an image-bytes column."""
+from __future__ import annotations
+
+import io
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from ovpipe.cli import make_context, run_step
+from ovpipe.data.shards import ShardReport, TarWriter, iter_samples
+from tests.helpers import SMALL, TINY
+
+
+def _jpeg(color, size=(40, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def _write_tar(path, n, start=0):
+    w = TarWriter(str(path))
+    for i in range(start, start + n):
+        w.write(f"{i:09d}", {"jpg": _jpeg((i * 7 % 255, 80, 120)), "txt": f"a picture number {i} of a square".encode(),
+                              "json": json.dumps({"url": f"http://x/{i}"}).encode()})
+    w.close()
+
+
+def test_tar_cut_short_is_reported_and_keeps_what_it_read(tmp_path):
+    _write_tar(tmp_path / "full.tar", 20)
+    data = (tmp_path / "full.tar").read_bytes()
+    (tmp_path / "cut.tar").write_bytes(data[: len(data) * 6 // 10])
+    report = ShardReport(str(tmp_path / "cut.tar"))
+    samples = list(iter_samples(str(tmp_path / "cut.tar"), report))
+    good = [s for s in samples if s.error is None]
+    broken = [s for s in samples if s.error is not None]
+    assert 8 <= len(good) < 20 and len(broken) == 1 and broken[0].error[0] == "incomplete_sample"
+    assert [s.key for s in good] == [f"{i:09d}" for i in range(len(good))]
+    assert report.errors and report.errors[0]["samples_read"] == len(good)
+    assert good[0].meta == {"url": "http://x/0"} and good[0].caption_text().startswith("a picture")
+
+
+def test_sample_without_image_is_an_error_not_a_crash(tmp_path):
+    w = TarWriter(str(tmp_path / "s.tar"))
+    w.write("a", {"txt": b"caption only"})
+    w.write("b", {"png": b"\x89PNG...", "txt": b"x"})
+    w.close()
+    samples = list(iter_samples(str(tmp_path / "s.tar"), ShardReport("s")))
+    assert samples[0].error[0] == "missing_image" and samples[1].error is None and samples[1].image_ext == "png"
+
+
+@pytest.mark.parametrize("hf_struct", [False, True])
+def test_parquet_with_image_bytes(tmp_path, hf_struct):
+    images = [_jpeg((10 * i, 0, 0)) for i in range(5)]
+    column = [{"bytes": b, "path": None} for b in images] if hf_struct else images
+    pq.write_table(pa.table({"id": [f"p{i}" for i in range(5)], "image": column,
+                             "caption": [f"caption {i}" for i in range(5)]}), tmp_path / "x.parquet")
+    samples = list(iter_samples(str(tmp_path / "x.parquet"), ShardReport("x")))
+    assert [s.key for s in samples] == [f"p{i}" for i in range(5)]
+    assert samples[3].image == images[3] and samples[3].caption_text() == "caption 3"
+
+
+def test_parquet_missing_column_is_a_clear_error(tmp_path):
+    pq.write_table(pa.table({"id": ["a"], "img": [b"x"]}), tmp_path / "x.parquet")
+    report = ShardReport("x")
+    with pytest.raises(Exception, match="image"):
+        list(iter_samples(str(tmp_path / "x.parquet"), report))
+
+
+def test_external_input_with_a_cut_shard_balances(tmp_path):
+    """`--input` a folder of img2dataset tars, one cut short: reported, and every read key accounted for."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    _write_tar(inp / "00000.tar", 30)
+    _write_tar(inp / "00001.tar", 30, start=30)
+    data = (inp / "00001.tar").read_bytes()
+    (inp / "00001.tar").write_bytes(data[: len(data) // 2])
+    ctx = make_context(TINY, str(tmp_path / "store"), "ext", SMALL, input_uri=str(inp))
+    body = run_step(ctx, "embed")
+    assert len(body["shard_errors"]) == 1 and body["shard_errors"][0]["shard"].endswith("00001.tar")
+    c = body["counts"]
+    assert c["in"] == c["out"] + sum(c["rejected"].values()) and c["rejected"].get("incomplete_sample") == 1
+    assert 40 < c["in"] < 60
+
+
+def test_parquet_input_runs_through_embed(tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    pq.write_table(pa.table({"id": [f"q{i}" for i in range(12)], "image": [_jpeg((i, i, i)) for i in range(12)],
+                             "caption": ["a gray square on a plain background"] * 12}), inp / "part-0.parquet")
+    ctx = make_context(TINY, str(tmp_path / "store"), "pq", SMALL, input_uri=str(inp))
+    assert run_step(ctx, "embed")["counts"] == {"in": 12, "out": 12, "rejected": {}}
