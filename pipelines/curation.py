@@ -20,8 +20,11 @@ STEPS = ("synth", "embed", "concepts", "balance", "caption", "filter")
 PARALLELISM = 16  # concurrent shard-range tasks per loop on the cluster
 
 
-def curation_dag(recipe: str, store: str, run_id: str, overrides: str, steps=STEPS) -> dsl.PipelineTask:
-    """Add the curation tasks for `steps` (a contiguous subset of STEPS); returns the last task."""
+def curation_dag(recipe: str, store: str, run_id: str, overrides: str, steps=STEPS,
+                 caption_gpus=1) -> dsl.PipelineTask:
+    """Add the curation tasks for `steps` (a contiguous subset of STEPS); returns the last task.
+
+    caption_gpus: GPUs per caption task (the recipe's caption.tensor_parallel for vLLM)."""
     a = dict(recipe=recipe, store=store, run_id=run_id, overrides=overrides)
     last = None
     if "synth" in steps:
@@ -47,7 +50,7 @@ def curation_dag(recipe: str, store: str, run_id: str, overrides: str, steps=STE
         last = on_cluster(balance(**a), memory="32G").after(last)
     if "caption" in steps or "filter" in steps:
         with dsl.ParallelFor(groups.output, parallelism=PARALLELISM) as shards:
-            cap = on_cluster(caption(**a, shards=shards), gpu=1, cpu="8", memory="32G").after(last) \
+            cap = on_cluster(caption(**a, shards=shards), gpu=caption_gpus, cpu="8", memory="64G").after(last) \
                 if "caption" in steps else None
             if "filter" in steps:
                 rules = on_cluster(filter_rules(**a, shards=shards), memory="8G").after(last)
@@ -67,5 +70,5 @@ def curation_dag(recipe: str, store: str, run_id: str, overrides: str, steps=STE
 
 @dsl.pipeline(name="ovpipe-curation", description="MetaCLIP embedding → concepts → balance → caption → filter")
 def curation(recipe: str = "configs/recipes/ov15-8b.yaml", store: str = "s3://ovpipe/runs",
-             run_id: str = "ov15-8b", overrides: str = "{}"):
-    curation_dag(recipe, store, run_id, overrides)
+             run_id: str = "ov15-8b", overrides: str = "{}", caption_gpus: int = 4):
+    curation_dag(recipe, store, run_id, overrides, caption_gpus=caption_gpus)

@@ -87,7 +87,8 @@ def test_hf_caption_backend_through_the_step(base, tmp_path):
 
 
 def test_clip_score_threshold_rejects_with_its_reason(base):
-    ctx = fork(base, "clip", ("synth", "embed", "concepts", "balance"), "filter.min_clip_score=0.99")
+    ctx = fork(base, "clip", ("synth", "embed", "concepts", "balance"), "filter.min_clip_score=0.99",
+               "filter.clip_score_languages=[en, zh]")
     run_step(ctx, "caption")
     body = run_step(ctx, "filter")
     assert body["counts"]["out"] == 0 and body["counts"]["rejected"]["low_clip_score"] > 0

@@ -112,6 +112,8 @@ class FilterConfig:
         "抱歉", "我无法", "作为一个ai", "作为人工智能",
     ])
     min_clip_score: float | None = 0.15  # image-text cosine similarity; null disables
+    # Languages the CLIP text tower reads (MetaCLIP is English-only): other captions skip the score rule.
+    clip_score_languages: list[str] = field(default_factory=lambda: ["en"])
     dedup: str = "near"  # none | exact | near
     near_dup_threshold: float = 0.9  # estimated Jaccard of character 5-gram sets
 
@@ -133,7 +135,9 @@ class Recipe:
         return dataclasses.asdict(self)
 
     def digest(self) -> str:
-        return storage.sha256_bytes(json.dumps(self.to_dict(), sort_keys=True).encode())
+        """Identity of the settings (not of where the recipe was read from)."""
+        settings = {k: v for k, v in self.to_dict().items() if k != "source"}
+        return storage.sha256_bytes(json.dumps(settings, sort_keys=True).encode())
 
 
 CHOICES = {
@@ -198,6 +202,9 @@ def _build(cls, data: dict, prefix: str, problems: list[str], base_dir: str):
         if known[key].metadata.get("file") and value is not None:
             value = _resolve_file(value, base_dir, path, problems)
         kwargs[key] = value
+    for name, f in known.items():  # omitted sections still resolve (and check) their file defaults
+        if name not in kwargs and dataclasses.is_dataclass(hints[name]):
+            kwargs[name] = _build(hints[name], {}, f"{prefix}{name}.", problems, base_dir)
     obj = cls(**kwargs)
     for f in dataclasses.fields(cls):  # defaults that name files resolve like file values
         if f.metadata.get("file") and f.name not in data and getattr(obj, f.name) is not None:
@@ -241,6 +248,10 @@ def _check_values(recipe: Recipe, problems: list[str]) -> None:
         problems.append("concepts.prompt_template: must contain '{}' where the concept goes")
 
 
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
 def set_override(data: dict, dotted: str, value: Any) -> None:
     """Apply one `a.b.c=value` override to a raw recipe dict."""
     node = data
@@ -263,7 +274,10 @@ def parse_overrides(items: list[str] | dict | None) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key.path=value")
         key, raw = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(raw)
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: value is not valid YAML: {_one_line(exc)}") from exc
     return out
 
 
@@ -276,16 +290,18 @@ def load_recipe(uri: str, overrides: list[str] | dict | None = None) -> Recipe:
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"recipe {uri}: invalid YAML: {exc}") from exc
+        raise ConfigError(f"recipe {uri}: invalid YAML: {_one_line(exc)}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {uri}: expected a mapping at the top level")
-    for key, value in parse_overrides(overrides).items():
-        set_override(data, key, value)
+    try:
+        for key, value in parse_overrides(overrides).items():
+            set_override(data, key, value)
+    except ConfigError as exc:
+        raise ConfigError(f"recipe {uri}: {exc}") from exc
     base_dir = storage.parent(uri) if storage.is_remote(uri) else os.path.dirname(os.path.abspath(uri))
     problems: list[str] = []
     recipe = _build(Recipe, data, "", problems, base_dir)
-    if not problems:
-        _check_values(recipe, problems)
+    _check_values(recipe, problems)
     if problems:
         raise ConfigError("\n".join(f"recipe {uri}: {p}" for p in problems))
     recipe.source = uri

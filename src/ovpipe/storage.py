@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import posixpath
 import random
 import shutil
 import tempfile
@@ -45,10 +46,11 @@ def _local(uri: str) -> str:
 
 def join(base: str, *parts: str) -> str:
     if is_remote(base):
-        out = base.rstrip("/")
-        for p in parts:
-            out += "/" + p.strip("/")
-        return out
+        bucket, key = split_s3(base)
+        key = posixpath.normpath(posixpath.join(key, *(p.strip("/") for p in parts)))
+        if key.startswith(".."):
+            raise StorageError(f"{base} + {parts}: path leaves the bucket")
+        return f"s3://{bucket}/{key}" if key != "." else f"s3://{bucket}"
     return os.path.join(_local(base), *parts)
 
 

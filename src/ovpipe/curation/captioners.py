@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
     from ovpipe.config import CaptionConfig
 
-VLLM_MISSING = "caption.backend=vllm needs the 'vllm' extra: pip install 'ovpipe[vllm]'"
+VLLM_MISSING = ("caption.backend=vllm needs vllm installed beside ovpipe (a captioning image on vLLM's own "
+                "environment, see images/README.md), or use caption.backend=hf")
 
 
 @runtime_checkable

@@ -57,15 +57,16 @@ def rules_shard(ctx: Context, index: int) -> ShardResult:
         else:
             chosen.append((row["id"], *pick))
     scores = np.full(len(chosen), np.nan, np.float32)
-    if chosen and cfg.min_clip_score is not None:
+    scored = [i for i, c in enumerate(chosen) if c[2] in cfg.clip_score_languages]
+    if scored and cfg.min_clip_score is not None:
         emb_table = tables.read_parquet(ctx.uri("embed", f"{shard_name(index)}.parquet"), ["id", "embedding"])
         position = {k: i for i, k in enumerate(emb_table.column("id").to_pylist())}
-        image_emb = embeddings_of(emb_table)[[position[c[0]] for c in chosen]]
+        image_emb = embeddings_of(emb_table)[[position[chosen[i][0]] for i in scored]]
         model, _, tokenizer, device = load_clip(ctx.recipe.embed, ctx.recipe.seed)
-        text_emb = encode_texts(model, tokenizer, [c[1] for c in chosen], device)
+        text_emb = encode_texts(model, tokenizer, [chosen[i][1] for i in scored], device)
         image_emb /= np.maximum(np.linalg.norm(image_emb, axis=1, keepdims=True), 1e-12)
-        scores = (image_emb * text_emb).sum(axis=1)
-        low = scores < cfg.min_clip_score
+        scores[scored] = (image_emb * text_emb).sum(axis=1)
+        low = scores < cfg.min_clip_score  # NaN (unscored) compares False
         rejects += [(c[0], "low_clip_score", f"{s:.3f} < {cfg.min_clip_score}")
                     for c, s, bad in zip(chosen, scores, low) if bad]
         chosen, scores = [c for c, bad in zip(chosen, low) if not bad], scores[~low]
