@@ -29,9 +29,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # run from a checkout without installing
 
-import faiss
+import faiss  # noqa: E402
 
-from ovpipe.curation.topk import (
+from ovpipe.curation.topk import (  # noqa: E402
     build_index,
     default_nlist,
     recall_at_k,

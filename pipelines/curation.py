@@ -42,7 +42,8 @@ def curation_dag(recipe: str, store: str, run_id: str, overrides: str, steps=STE
                 if e is not None:
                     c.after(e)
         if e is not None:
-            last = on_cluster(collect(step="embed", done=dsl.Collected(e.output), **a).set_display_name("embed-collect"))
+            last = on_cluster(collect(step="embed", done=dsl.Collected(e.output), **a)
+                              .set_display_name("embed-collect"))
         if index is not None:
             done = on_cluster(collect(step="concepts", done=dsl.Collected(c.output), **a))
             last = done.set_display_name("concepts-collect").after(last)

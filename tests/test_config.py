@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from ovpipe import config
 from ovpipe.config import ConfigError, Recipe, load_recipe, recipe_from_dict

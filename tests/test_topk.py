@@ -1,9 +1,8 @@
 """Tests for ovpipe.curation.topk (faiss top-K concepts); all CPU and fast."""
 
+import faiss
 import numpy as np
 import pytest
-
-faiss = pytest.importorskip("faiss")
 
 from ovpipe.curation.topk import (
     build_index,

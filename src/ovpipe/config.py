@@ -202,7 +202,7 @@ def _build(cls, data: dict, prefix: str, problems: list[str], base_dir: str):
         if known[key].metadata.get("file") and value is not None:
             value = _resolve_file(value, base_dir, path, problems)
         kwargs[key] = value
-    for name, f in known.items():  # omitted sections still resolve (and check) their file defaults
+    for name in known:  # omitted sections still resolve (and check) their file defaults
         if name not in kwargs and dataclasses.is_dataclass(hints[name]):
             kwargs[name] = _build(hints[name], {}, f"{prefix}{name}.", problems, base_dir)
     obj = cls(**kwargs)

@@ -159,14 +159,17 @@ class SeaweedS3:
                     raise
         raise AssertionError("unreachable")
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Terminate weed's process group and wait: SIGTERM for a clean flush; if it hangs, SIGQUIT
-        (Go dumps every goroutine into weed.log, to see where) and finally SIGKILL."""
+    def stop(self, timeout: float = 5.0) -> None:
+        """Terminate weed's process group and wait: SIGTERM for a clean stop, SIGKILL after `timeout`.
+
+        weed 4.48's volume server sometimes waits on its own internal keep-alive connections after
+        the S3 gateway and filer have stopped (seen in ~1 of 3 stops); nothing can write by then and
+        written data is already in the files, so the kill loses nothing."""
         proc, self.proc = self.proc, None
         _LIVE.discard(self)
         if proc is None:
             return
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGQUIT, 3.0), (signal.SIGKILL, 5.0)):
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
             try:
                 os.killpg(proc.pid, sig)
             except ProcessLookupError:

@@ -112,8 +112,13 @@ def _error_code(exc: Exception) -> str:
 
 
 def _is_transient(exc: Exception) -> bool:
-    from botocore.exceptions import (ClientError, ConnectionClosedError, EndpointConnectionError,
-                                     ReadTimeoutError, ConnectTimeoutError)
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionClosedError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        ReadTimeoutError,
+    )
     if isinstance(exc, (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError,
                         ConnectTimeoutError, ConnectionError)):
         return True

@@ -30,7 +30,8 @@ _LETTER = re.compile(r"[^\W\d_]")  # alphabetic characters (str.isalpha, plus a 
 # zh tokens: one token per ideograph, or a run of other letters/digits (a "Latin word").
 _ZH_TOKEN = re.compile(f"[{_CJK_CLASS}]|(?:(?![{_CJK_CLASS}])[^\\W_])+")
 # Stripped from the ends of English tokens so "cat," and "cat" repeat as the same word.
-_EDGE_PUNCT = "".join(chr(c) for c in range(0x21, 0x7F) if not chr(c).isalnum()) + "“”‘’«»…—–·，。！？；：、（）《》「」"
+_EDGE_PUNCT = ("".join(chr(c) for c in range(0x21, 0x7F) if not chr(c).isalnum())
+               + "“”‘’«»…—–·，。！？；：、（）《》「」")
 _SCRIPT = {"en": _LATIN, "zh": _CJK}
 _SCRIPT_NAME = {"en": "Latin", "zh": "CJK"}
 _NGRAM = {"en": "word", "zh": "char"}
