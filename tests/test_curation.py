@@ -10,9 +10,10 @@ import time
 import pytest
 
 from ovpipe import storage
+from ovpipe.cli import make_context, run_step
 from ovpipe.data.synth import BAD_KINDS
 from ovpipe.sharded import shard_name
-from tests.helpers import STEPS, data_digests, rejects, run_all, small_context, synth_meta
+from tests.helpers import SMALL, STEPS, TINY, data_digests, rejects, run_all, small_context, synth_meta
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,7 @@ def test_killed_embed_resumes_without_recomputing(reference, tmp_path):
     run_all(ctx, steps=("synth",))
     first_marker = ctx.uri("embed", "_parts", f"embed-{shard_name(0)}.json")
     cmd = [sys.executable, "-m", "ovpipe.cli", "embed", "--recipe", ctx.recipe.source, "--store", ctx.store,
-           "--run-id", ctx.run_id, "--workers", "1"] + sum((["--set", s] for s in _small_sets()), [])
+           "--run-id", ctx.run_id, "--workers", "1"] + sum((["--set", s] for s in SMALL), [])
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
     while not os.path.exists(first_marker) and time.time() < deadline and proc.poll() is None:
@@ -109,6 +110,12 @@ def test_killed_embed_resumes_without_recomputing(reference, tmp_path):
     assert data_digests(ctx) == digests
 
 
-def _small_sets():
-    from tests.helpers import SMALL
-    return SMALL
+def test_rerun_with_other_settings_is_refused_not_mixed(reference):
+    ctx, _, digests = reference
+    changed = make_context(TINY, ctx.store, ctx.run_id, SMALL + ["embed.min_image_side=50"])
+    with pytest.raises(RuntimeError, match="other embed settings"):
+        run_step(changed, "embed")
+    # a downstream change leaves upstream shards valid: embed reruns as a no-op
+    downstream = make_context(TINY, ctx.store, ctx.run_id, SMALL + ["filter.min_words=4", "data.workers=1"])
+    run_step(downstream, "embed")
+    assert data_digests(ctx)["embed"] == digests["embed"]

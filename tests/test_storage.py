@@ -4,6 +4,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import socket
+import subprocess
+import sys
 import time
 
 import pyarrow as pa
@@ -51,15 +54,8 @@ def raw_names(root: str) -> list[str]:
 
 
 def plant_temporary(root: str, rel: str) -> None:
-    """A leftover temporary, as a crashed writer would leave it."""
-    if storage.is_remote(root):
-        bucket, key = storage.split_s3(storage.join(root, rel))
-        storage.s3_client().put_object(Bucket=bucket, Key=key, Body=b"partial")
-    else:
-        path = os.path.join(root, rel)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(b"partial")
+    """A leftover temporary, as a crashed writer would leave it (any object named `*.tmp-*`)."""
+    storage.write_bytes(storage.join(root, *rel.split("/")), b"partial")
 
 
 # ---------------------------------------------------------------- both backends
@@ -193,12 +189,6 @@ def test_localize_folder_and_object(root, tmp_path):
         assert folder == storage.join(root, "d")  # local: the folder itself, no copy
 
 
-def test_sha256_uri(root):
-    uri = storage.join(root, "h.bin")
-    storage.write_bytes(uri, b"hash me" * 12345)
-    assert storage.sha256_uri(uri) == hashlib.sha256(b"hash me" * 12345).hexdigest()
-
-
 READERS = {
     "read_bytes": storage.read_bytes, "read_json": storage.read_json, "open_read": storage.open_read,
     "sha256_uri": storage.sha256_uri, "read_parquet": tables.read_parquet,
@@ -234,9 +224,8 @@ def test_parquet_round_trip(root):
 # ---------------------------------------------------------------- S3 only
 
 def test_missing_bucket_is_not_found(s3_env):
-    uri = "s3://ovpipe-no-such-bucket-7f3a/key.bin"
-    with pytest.raises(storage.NotFound, match="ovpipe-no-such-bucket-7f3a"):
-        storage.read_bytes(uri)
+    with pytest.raises(storage.NotFound, match="s3://ovpipe-no-such-bucket-7f3a/key.bin"):
+        storage.read_bytes("s3://ovpipe-no-such-bucket-7f3a/key.bin")
 
 
 def test_put_file_multipart(s3_root, tmp_path, monkeypatch):
@@ -323,20 +312,14 @@ def test_transient_errors_are_retried_with_backoff(s3_root, monkeypatch, sleeps)
     storage.write_bytes(uri, b"payload")
     flaky = inject(monkeypatch, get_object=[client_error("SlowDown"), client_error("InternalError", 500),
                                             EndpointConnectionError(endpoint_url="http://x")])
-    assert storage.read_bytes(uri) == b"payload"
-    assert flaky.calls["get_object"] == 4
+    assert storage.read_bytes(uri) == b"payload" and flaky.calls["get_object"] == 4
     assert len(sleeps) == 3 and sleeps[0] < sleeps[1] < sleeps[2]  # exponential
 
 
 def test_transient_errors_on_write_and_upload(s3_root, monkeypatch, sleeps, tmp_path):
     uri = storage.join(s3_root, "w.bin")
-    try:  # upload_file wraps the ClientError in S3UploadFailedError (as its context)
-        try:
-            raise client_error("SlowDown")
-        except ClientError:
-            raise S3UploadFailedError("Failed to upload")
-    except S3UploadFailedError as exc:
-        wrapped = exc
+    wrapped = S3UploadFailedError("Failed to upload")
+    wrapped.__context__ = client_error("SlowDown")  # as upload_file raises it: inside `except ClientError`
     flaky = inject(monkeypatch, put_object=[EndpointConnectionError(endpoint_url="http://x"),
                                             client_error("SlowDown")], upload_file=[wrapped])
     storage.write_bytes(uri, b"one")
@@ -397,3 +380,27 @@ def test_truncated_stream_is_an_error(s3_root, monkeypatch):
     monkeypatch.setattr(storage, "s3_client", lambda: Short())
     with pytest.raises(storage.StorageError, match="t.bin"):
         storage.sha256_uri(uri)
+
+
+# ---------------------------------------------------------------- the local S3 server itself
+
+def test_busy_port_fails_fast_with_weeds_log(tmp_path):
+    from ovpipe.s3server import S3ServerError, SeaweedS3
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))  # bound is enough for weed to refuse it (no listen: no 2 s read timeout)
+        with pytest.raises(S3ServerError, match="not available") as err:
+            SeaweedS3(tmp_path, port=busy.getsockname()[1], startup_timeout=20).start()
+    assert "weed.log" in str(err.value)
+
+
+def test_cli_run_starts_a_second_server_and_passes_the_exit_code(seaweed):
+    """`python -m ovpipe.s3server run -- CMD` beside the session's server: own ports, own bucket."""
+    code = ("import os, sys; from ovpipe import storage;"
+            "assert os.environ['OVPIPE_S3_ENDPOINT'] != sys.argv[1];"
+            "storage.write_text('s3://ovpipe/x.txt', 'hi'); assert storage.read_text('s3://ovpipe/x.txt') == 'hi';"
+            "assert storage.list_uris('s3://extra/') == []; sys.exit(3)")
+    proc = subprocess.run([sys.executable, "-m", "ovpipe.s3server", "run", "--bucket", "ovpipe", "--bucket",
+                           "extra", "--", sys.executable, "-c", code, seaweed.endpoint],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3, proc.stderr

@@ -9,8 +9,10 @@ import os
 import sys
 import time
 
+import yaml
+
 from ovpipe import storage
-from ovpipe.config import ConfigError, load_recipe, parse_overrides
+from ovpipe.config import ConfigError, load_recipe
 from ovpipe.sharded import Context
 
 STEPS = ("synth", "embed", "concepts", "balance", "caption", "filter")
@@ -48,16 +50,16 @@ def run_local(args, ctx: Context) -> None:
     """`ovpipe run`: the DAG through kfp.local (pipelines/ holds the kfp side), then a summary."""
     local = importlib.import_module("pipelines.local")
     steps = local.select_steps(args.first, args.last)
-    overrides = dict(parse_overrides(args.set))
-    if args.input:
-        overrides["data.input"] = args.input
     storage.ensure_bucket(ctx.store)
     root = os.path.join(os.path.abspath(".ovpipe") if storage.is_remote(ctx.store) else ctx.store,
                         ctx.run_id, "_kfp")
-    recipe = os.path.abspath(args.recipe) if os.path.exists(args.recipe) else args.recipe
+    # The tasks read the resolved recipe (overrides applied) from a content-addressed copy, so
+    # kfp.local's cache, keyed on parameters, never serves results made with other settings.
+    resolved = yaml.safe_dump({k: v for k, v in ctx.recipe.to_dict().items() if k != "source"}, sort_keys=True)
+    recipe = storage.join(ctx.store, ctx.run_id, "_recipes", f"{storage.sha256_bytes(resolved.encode())[:16]}.yaml")
+    storage.write_text(recipe, resolved)
     t0 = time.perf_counter()
-    local.run(recipe, ctx.store, ctx.run_id, json.dumps(overrides, sort_keys=True), steps, root,
-              cache=not args.no_cache)
+    local.run(recipe, ctx.store, ctx.run_id, "{}", steps, root, cache=not args.no_cache)
     print(f"\novpipe: {', '.join(steps)} finished in {time.perf_counter() - t0:.0f} s")
     print(summary(ctx, steps))
     print(f"  outputs: {storage.join(ctx.store, ctx.run_id)}   (kfp task logs and artifacts: {root})")

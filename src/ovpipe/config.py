@@ -134,10 +134,20 @@ class Recipe:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def digest(self) -> str:
-        """Identity of the settings (not of where the recipe was read from)."""
-        settings = {k: v for k, v in self.to_dict().items() if k != "source"}
+    def digest(self, step: str | None = None) -> str:
+        """Identity of the settings (not of where the recipe was read from). With `step`: only the
+        settings that step's outputs depend on — its own section and those of the steps before it."""
+        settings = {k: v for k, v in self.to_dict().items() if k not in ("source", "name")}
+        # how work is split across tasks/processes never changes outputs
+        settings["data"] = {k: v for k, v in settings["data"].items() if k not in ("workers", "group_size")}
+        if step is not None:
+            upto = SECTION_ORDER[: SECTION_ORDER.index(step) + 1] if step in SECTION_ORDER else SECTION_ORDER
+            settings = {k: v for k, v in settings.items() if k in upto or k in ("seed", "data")}
         return storage.sha256_bytes(json.dumps(settings, sort_keys=True).encode())
+
+
+# Sections in step order: a step's outputs depend on its section and every earlier one.
+SECTION_ORDER = ("synth", "embed", "concepts", "balance", "caption", "filter")
 
 
 CHOICES = {

@@ -76,10 +76,30 @@ def _marker(ctx: Context, step: str, phase: str, index: int) -> str:
     return ctx.uri(step, "_parts", f"{phase}-{shard_name(index)}.json")
 
 
+def _already_committed(ctx: Context, step: str, marker: str) -> bool:
+    """True when `marker` exists and was made with this recipe's settings for `step`; raises when
+    it was made with other settings (mixing them in one run would corrupt it)."""
+    if not storage.exists(marker):
+        return False
+    if storage.read_json(marker).get("config_digest") != ctx.recipe.digest(step):
+        raise RuntimeError(f"{marker} was committed with other {step} settings than this recipe's; "
+                           f"use a new --run-id (or delete {ctx.uri(step)}) to recompute")
+    return True
+
+
+def once(ctx: Context, step: str, name: str, build: Callable[[], object]) -> None:
+    """Run a global piece of a step (an index, a dedup table) unless already committed."""
+    marker = ctx.uri(step, "_parts", f"{name}.json")
+    if _already_committed(ctx, step, marker):
+        return
+    build()
+    storage.write_json(marker, {"config_digest": ctx.recipe.digest(step)})
+
+
 def _run_one(args) -> None:
     ctx, step, phase, index, fn = args
     marker = _marker(ctx, step, phase, index)
-    if storage.exists(marker):
+    if _already_committed(ctx, step, marker):
         log.info("%s/%s %s: already committed, skipped", step, phase, shard_name(index))
         return
     t0 = time.perf_counter()
@@ -94,7 +114,8 @@ def _run_one(args) -> None:
                           "detail": [r[2] for r in rows], "shard": [index] * len(rows)},
                          schema=REJECTS_SCHEMA)
         tables.write_parquet(marker.replace(".json", ".rejects.parquet"), table)
-    storage.write_json(marker, {"shard": index, "counts": counts, "outputs": res.outputs, "stats": res.stats,
+    storage.write_json(marker, {"shard": index, "config_digest": ctx.recipe.digest(step), "counts": counts,
+                                "outputs": res.outputs, "stats": res.stats,
                                 "seconds": round(time.perf_counter() - t0, 3)})
     log.info("%s/%s %s: in=%d out=%d rejected=%s", step, phase, shard_name(index), res.n_in, res.n_out,
              counts["rejected"])

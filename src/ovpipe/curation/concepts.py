@@ -36,9 +36,12 @@ def load_concepts(uri: str) -> list[str]:
 
 def build_vocab_index(ctx: Context) -> str:
     """Embed the vocabulary and store the faiss index (skipped when already committed)."""
+    sharded.once(ctx, STEP, "index", lambda: _build_vocab_index(ctx))
+    return ctx.uri(STEP, "index.faiss")
+
+
+def _build_vocab_index(ctx: Context) -> None:
     index_uri = ctx.uri(STEP, "index.faiss")
-    if storage.exists(index_uri):
-        return index_uri
     cfg = ctx.recipe.concepts
     vocab = load_concepts(cfg.vocab)
     model, _, tokenizer, device = load_clip(ctx.recipe.embed, ctx.recipe.seed)
@@ -49,7 +52,6 @@ def build_vocab_index(ctx: Context) -> str:
     index = topk.build_index(emb.astype(np.float32), cfg.index, cfg.nlist, cfg.nprobe, cfg.use_gpu,
                              seed=ctx.recipe.seed)
     storage.write_bytes(index_uri, topk.serialize_index(index))
-    return index_uri
 
 
 @functools.lru_cache(maxsize=2)

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from ovpipe import manifest, sharded, storage
+from ovpipe import manifest, sharded
 from ovpipe.curation import dedup
 from ovpipe.curation.caption_rules import check_caption
 from ovpipe.curation.embed import embeddings_of
@@ -88,8 +88,11 @@ def rules_shard(ctx: Context, index: int) -> ShardResult:
 def dedup_all(ctx: Context) -> str:
     """Global duplicate clusters over every shard's candidates → duplicates.parquet (id, kept_id, detail)."""
     out_uri = ctx.uri(STEP, "duplicates.parquet")
-    if storage.exists(out_uri):
-        return out_uri
+    sharded.once(ctx, STEP, "dedup", lambda: _dedup(ctx, out_uri))
+    return out_uri
+
+
+def _dedup(ctx: Context, out_uri: str) -> None:
     n = len(source.input_shards(ctx))
     sharded.committed(ctx, STEP, "rules", n)
     parts = [tables.read_parquet(ctx.uri(STEP, "_candidates", f"{shard_name(i)}.parquet"),
@@ -106,7 +109,6 @@ def dedup_all(ctx: Context) -> str:
     tables.write_parquet(out_uri, pa.table({"id": pa.array(keys, pa.string()),
                                             "kept_id": pa.array([dups[k][0] for k in keys], pa.string()),
                                             "detail": pa.array([dups[k][1] for k in keys], pa.string())}))
-    return out_uri
 
 
 def write_shard(ctx: Context, index: int) -> ShardResult:
