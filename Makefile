@@ -20,10 +20,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 install: $(VENV)/.installed
 
-# STORE=local (default): a folder; STORE=s3: a SeaweedFS S3 server on 127.0.0.1 for the run's duration.
+# STORE=local (default): a folder; STORE=s3: a SeaweedFS S3 server on 127.0.0.1 for the run's duration,
+# its data kept in .ovpipe/s3 (browse it later: python -m ovpipe.s3server serve --dir .ovpipe/s3).
 run: install
 ifeq ($(STORE),s3)
-	$(PY) -m ovpipe.s3server run --bucket ovpipe -- \
+	$(PY) -m ovpipe.s3server run --bucket ovpipe --dir $(CURDIR)/.ovpipe/s3 -- \
 		$(VENV)/bin/ovpipe run --recipe $(RECIPE) --store s3://ovpipe/runs --run-id $(RUN) $(ARGS)
 else
 	$(VENV)/bin/ovpipe run --recipe $(RECIPE) --store $(LOCAL_STORE) --run-id $(RUN) $(ARGS)

@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 import pyarrow as pa
+from tqdm import tqdm
 
 from ovpipe import manifest, sharded
 from ovpipe.curation import dedup
@@ -124,7 +125,8 @@ def write_shard(ctx: Context, index: int) -> ShardResult:
     out_uri = ctx.uri(STEP, f"{shard_name(index)}.tar")
     writer = TarWriter(out_uri)
     written = set()
-    for s in iter_samples(uri, report, data.format, data.id_column, data.image_column, data.caption_column):
+    samples = iter_samples(uri, report, data.format, data.id_column, data.image_column, data.caption_column)
+    for s in tqdm(samples, desc=f"filter {shard_name(index)}", unit="img", mininterval=5, leave=False):
         row = keep.get(s.key)
         if row is None or s.key in written:
             continue
