@@ -416,7 +416,3 @@ def ensure_bucket(uri: str) -> None:
         _retry("stat bucket", f"s3://{bucket}", lambda: client.head_bucket(Bucket=bucket))
     except StorageError:
         _retry("create bucket", f"s3://{bucket}", lambda: client.create_bucket(Bucket=bucket))
-
-
-def bytes_io(data: bytes) -> IO[bytes]:
-    return io.BytesIO(data)
