@@ -6,9 +6,9 @@ from components.images import DATA_IMAGE
 
 @dsl.component(base_image=DATA_IMAGE, install_kfp_package=False)
 def collect(step: str, recipe: str, store: str, run_id: str, overrides: str, done: list,
-            manifest: Output[Dataset], metrics: Output[Metrics]):
+            manifest: Output[Dataset], metrics: Output[Metrics], dataset: str = "mid"):
     """Check every shard of a step is committed, merge rejects, write the step's manifest."""
     from ovpipe import tasks
 
-    tasks.publish(tasks.finalize(step, recipe, store, run_id, overrides), manifest.path,
+    tasks.publish(tasks.finalize(step, recipe, store, run_id, overrides, dataset), manifest.path,
                   manifest.metadata, metrics)

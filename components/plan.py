@@ -6,8 +6,9 @@ from components.images import DATA_IMAGE
 
 
 @dsl.component(base_image=DATA_IMAGE, install_kfp_package=False)
-def plan(recipe: str, store: str, run_id: str, overrides: str) -> List[str]:
-    """Shard ranges ('A-B') of the input corpus, one per ParallelFor task."""
+def plan(recipe: str, store: str, run_id: str, overrides: str, step: str = "embed",
+         dataset: str = "mid") -> List[str]:
+    """Shard ranges ('A-B') of a step's shards, one per ParallelFor task (pack: plans the bins first)."""
     from ovpipe import tasks
 
-    return tasks.plan(recipe, store, run_id, overrides)
+    return tasks.plan(recipe, store, run_id, overrides, step, dataset)

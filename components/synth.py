@@ -5,8 +5,9 @@ from components.images import DATA_IMAGE
 
 
 @dsl.component(base_image=DATA_IMAGE, install_kfp_package=False)
-def synth(recipe: str, store: str, run_id: str, overrides: str, corpus: Output[Dataset]):
-    """Write the synthetic input corpus (no-op when the recipe names data.input)."""
+def synth(recipe: str, store: str, run_id: str, overrides: str, corpus: Output[Dataset], dataset: str = "mid"):
+    """Write a synthetic corpus: raw scenes (mid), alignment pairs (stage1) or conversations (sft);
+    a no-op when the recipe names that dataset's input."""
     from ovpipe import tasks
 
-    tasks.publish(tasks.synth(recipe, store, run_id, overrides), corpus.path, corpus.metadata)
+    tasks.publish(tasks.synth(recipe, store, run_id, overrides, dataset), corpus.path, corpus.metadata)

@@ -7,8 +7,10 @@ import sys
 from kfp import compiler
 
 from pipelines.curation import curation
+from pipelines.full import full
+from pipelines.packing import packing
 
-PIPELINES = {"curation": curation}
+PIPELINES = {"curation": curation, "packing": packing, "full": full}
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "compiled")
 
 

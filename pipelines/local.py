@@ -1,9 +1,9 @@
-"""Run the curation DAG on this machine through kfp.local (SubprocessRunner, the installed package)."""
+"""Run the DAG on this machine through kfp.local (SubprocessRunner, the installed package)."""
 from typing import Optional, Sequence
 
 from kfp import dsl, local
 
-from pipelines.curation import STEPS, curation_dag
+from pipelines.full import STEPS, full_dag
 
 
 def select_steps(first: Optional[str] = None, last: Optional[str] = None) -> Sequence[str]:
@@ -20,7 +20,7 @@ def run(recipe: str, store: str, run_id: str, overrides: str, steps: Sequence[st
 
     @dsl.pipeline(name="ovpipe-local")
     def pipeline(recipe: str, store: str, run_id: str, overrides: str):
-        curation_dag(recipe, store, run_id, overrides, tuple(steps))
+        full_dag(recipe, store, run_id, overrides, tuple(steps))
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root, enable_caching=cache)
     pipeline(recipe=recipe, store=store, run_id=run_id, overrides=overrides)

@@ -37,7 +37,7 @@ def test_local_pipeline_on_seaweedfs_matches_folder_store(direct, s3_root, tmp_p
 
 
 def test_step_ranges():
-    assert select_steps("balance", None) == ("balance", "caption", "filter")
+    assert select_steps("balance", None) == ("balance", "caption", "filter", "lengths", "pack")
     assert select_steps(None, "embed") == ("synth", "embed")
     with pytest.raises(ValueError):
         select_steps("filter", "embed")

@@ -15,7 +15,9 @@ from ovpipe import storage
 from ovpipe.config import ConfigError, load_recipe
 from ovpipe.sharded import Context
 
-STEPS = ("synth", "embed", "concepts", "balance", "caption", "filter")
+STEPS = ("synth", "embed", "concepts", "balance", "caption", "filter", "lengths", "pack")
+DATASET_STEPS = ("synth", "lengths", "pack")  # run per dataset: mid (curated), stage1, sft
+MODULES = {"synth": "ovpipe.data.corpus", "lengths": "ovpipe.packing.lengths", "pack": "ovpipe.packing.pack"}
 DEFAULT_RECIPE = "configs/recipes/tiny.yaml"
 
 
@@ -24,8 +26,7 @@ def default_store() -> str:
 
 
 def step_module(step: str):
-    package = "ovpipe.data.corpus" if step == "synth" else f"ovpipe.curation.{step}"
-    return importlib.import_module(package)
+    return importlib.import_module(MODULES.get(step, f"ovpipe.curation.{step}"))
 
 
 def make_context(recipe: str, store: str, run_id: str | None, overrides: list[str] | None = None,
@@ -37,12 +38,13 @@ def make_context(recipe: str, store: str, run_id: str | None, overrides: list[st
     return Context(r, store, run_id or r.name)
 
 
-def run_step(ctx: Context, step: str, shards: str = "all", workers: int = 1) -> dict:
+def run_step(ctx: Context, step: str, shards: str = "all", workers: int = 1, dataset: str = "mid") -> dict:
     """Run every phase of a step and write its manifest (what `ovpipe <step>` does)."""
     mod = step_module(step)
+    kw = {"dataset": dataset} if step in DATASET_STEPS else {}
     if hasattr(mod, "process"):
-        mod.process(ctx, shards, workers)
-        return mod.finalize(ctx)
+        mod.process(ctx, shards, workers, **kw)
+        return mod.finalize(ctx, **kw)
     return mod.run(ctx)
 
 
@@ -68,15 +70,21 @@ def run_local(args, ctx: Context) -> None:
 def summary(ctx: Context, steps) -> str:
     """One line per finished step: counts, rejects by reason, manifest and plots."""
     lines = []
-    for step in steps:
+    folders = [s if s not in DATASET_STEPS or d == "mid" else f"{s}-{d}"
+               for d in ("mid", "stage1", "sft") for s in steps if d == "mid" or s in DATASET_STEPS]
+    for step in folders:
         uri = ctx.uri(step, "manifest.json")
         if not storage.exists(uri):
             continue
         body = storage.read_json(uri)
         c = body["counts"]
-        lines.append(f"  {step:9s} in={c['in']:<8d} out={c['out']:<8d} rejected={c['rejected']}")
-        lines.append(f"  {'':9s} manifest: {uri}")
-        lines += [f"  {'':9s} plot: {p}" for p in body.get("plots", [])]
+        lines.append(f"  {step:14s} in={c['in']:<8d} out={c['out']:<8d} rejected={c['rejected']}")
+        if "packing" in body:
+            p = body["packing"]
+            lines.append(f"  {'':14s} {p['bins']} sequences (lower bound {p['lower_bound']}), efficiency "
+                         f"{p['efficiency']:.3%}, {p['compression']:.1f} samples per sequence")
+        lines.append(f"  {'':14s} manifest: {uri}")
+        lines += [f"  {'':14s} plot: {p}" for p in body.get("plots", [])]
     return "\n".join(lines)
 
 
@@ -104,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--shards", default="all", help="'all', 'N', 'A-B' or 'A,B' (per-shard steps)")
         p.add_argument("--workers", type=int, default=None, help="local processes (default: data.workers)")
         p.add_argument("--no-finalize", action="store_true", help="process shards only, write no manifest")
+        if step in DATASET_STEPS:
+            p.add_argument("--dataset", default="mid", choices=("mid", "stage1", "sft"),
+                           help="mid: the curated corpus; stage1: alignment pairs; sft: conversations")
     return parser
 
 
@@ -125,10 +136,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         mod = step_module(args.command)
         workers = args.workers or ctx.recipe.data.workers
+        kw = {"dataset": args.dataset} if args.command in DATASET_STEPS else {}
         if args.no_finalize:
-            mod.process(ctx, args.shards, workers)
+            mod.process(ctx, args.shards, workers, **kw)
             return 0
-        body = run_step(ctx, args.command, args.shards, workers)
+        body = run_step(ctx, args.command, args.shards, workers, **kw)
     except (storage.StorageError, ValueError, RuntimeError) as exc:
         print(f"ovpipe {args.command}: {exc}", file=sys.stderr)
         return 1

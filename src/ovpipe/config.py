@@ -119,6 +119,36 @@ class FilterConfig:
 
 
 @dataclass
+class StageDataConfig:
+    """Input of one training stage's data (stage 1 alignment pairs, stage 2 conversations)."""
+    input: str | None = _file(help="webdataset/parquet shards with a `json` conversation; null = synthetic")
+    synth_shards: int = 2
+    synth_samples_per_shard: int = 500
+    image_size: int = 64  # synthetic images are square
+
+
+@dataclass
+class PackingConfig:
+    tokenizer: str | None = _file(help="Hugging Face tokenizer folder (path/URI); null = train a small BPE "
+                                       "on synthetic text, stored in {run}/tokenizer")
+    tokenizer_vocab: int = 2000  # when trained here
+    capacity: int = 8192  # tokens per packed sequence
+    patch_size: int = 14  # RICE-ViT patches, merged 2×2: 28 px per image token
+    merge_size: int = 2
+    min_pixels: int = 3136
+    max_pixels: int = 2_560_000
+    max_aspect_ratio: float = 200.0
+    too_long: str = "reject"  # reject | truncate (text after the last image only)
+    max_samples_per_bin: int | None = None
+    max_images_per_bin: int | None = None
+    max_image_tokens_per_bin: int | None = None
+    sequences_per_shard: int = 1000
+    caption_prompt: str = ""  # user text after <image> for caption data (stages 1 and 1.5)
+    stage1: StageDataConfig = field(default_factory=StageDataConfig)
+    sft: StageDataConfig = field(default_factory=lambda: StageDataConfig(synth_samples_per_shard=1000))
+
+
+@dataclass
 class Recipe:
     name: str = "recipe"
     seed: int = 0
@@ -129,6 +159,7 @@ class Recipe:
     balance: BalanceConfig = field(default_factory=BalanceConfig)
     caption: CaptionConfig = field(default_factory=CaptionConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
+    packing: PackingConfig = field(default_factory=PackingConfig)
     source: str = ""  # where the recipe was read from (set by load_recipe)
 
     def to_dict(self) -> dict:
@@ -141,13 +172,31 @@ class Recipe:
         # how work is split across tasks/processes never changes outputs
         settings["data"] = {k: v for k, v in settings["data"].items() if k not in ("workers", "group_size")}
         if step is not None:
-            upto = SECTION_ORDER[: SECTION_ORDER.index(step) + 1] if step in SECTION_ORDER else SECTION_ORDER
-            settings = {k: v for k, v in settings.items() if k in upto or k in ("seed", "data")}
+            picked = {"seed": settings["seed"], "data": settings["data"]}
+            for dotted in step_settings(step):
+                node, parts = settings, dotted.split(".")
+                for part in parts:
+                    node = node[part]
+                picked[dotted] = node
+            settings = picked
         return storage.sha256_bytes(json.dumps(settings, sort_keys=True).encode())
 
 
-# Sections in step order: a step's outputs depend on its section and every earlier one.
-SECTION_ORDER = ("synth", "embed", "concepts", "balance", "caption", "filter")
+CURATION = ("synth", "embed", "concepts", "balance", "caption", "filter")
+
+
+def step_settings(step: str) -> tuple[str, ...]:
+    """The recipe settings (dotted paths) a step's outputs depend on, besides seed and data."""
+    if step in CURATION:  # each curation step depends on its own section and every earlier one
+        return CURATION[: CURATION.index(step) + 1]
+    base, _, dataset = step.partition("-")
+    if base == "tokenizer":
+        return ("synth.vocab", "packing.tokenizer", "packing.tokenizer_vocab")
+    if base == "synth" and dataset:
+        return ("synth.vocab", f"packing.{dataset}")
+    if base in ("lengths", "pack"):
+        return ("packing",) + (("synth.vocab",) if dataset else CURATION)
+    return tuple(f.name for f in dataclasses.fields(Recipe) if f.name not in ("source", "name"))
 
 
 CHOICES = {
@@ -161,10 +210,13 @@ CHOICES = {
     "caption.backend": {"passthrough", "hf", "vllm"},
     "caption.dtype": {"auto", "float32", "bfloat16", "float16"},
     "filter.dedup": {"none", "exact", "near"},
+    "packing.too_long": {"reject", "truncate"},
 }
 POSITIVE = {"data.group_size", "data.workers", "synth.shards", "synth.samples_per_shard",
             "embed.batch_size", "concepts.k", "concepts.nprobe", "caption.batch_size",
-            "caption.max_new_tokens", "balance.target", "embed.decode_threads"}
+            "caption.max_new_tokens", "balance.target", "embed.decode_threads", "packing.capacity",
+            "packing.patch_size", "packing.merge_size", "packing.min_pixels", "packing.max_pixels",
+            "packing.sequences_per_shard", "packing.tokenizer_vocab"}
 
 
 def _type_ok(value: Any, tp: Any) -> bool:
@@ -212,9 +264,10 @@ def _build(cls, data: dict, prefix: str, problems: list[str], base_dir: str):
         if known[key].metadata.get("file") and value is not None:
             value = _resolve_file(value, base_dir, path, problems)
         kwargs[key] = value
-    for name in known:  # omitted sections still resolve (and check) their file defaults
-        if name not in kwargs and dataclasses.is_dataclass(hints[name]):
-            kwargs[name] = _build(hints[name], {}, f"{prefix}{name}.", problems, base_dir)
+    for name, f in known.items():  # omitted sections keep their defaults, file paths resolved and checked
+        if name not in kwargs and name not in data and dataclasses.is_dataclass(hints[name]):
+            default = dataclasses.asdict(f.default_factory())
+            kwargs[name] = _build(hints[name], default, f"{prefix}{name}.", problems, base_dir)
     obj = cls(**kwargs)
     for f in dataclasses.fields(cls):  # defaults that name files resolve like file values
         if f.metadata.get("file") and f.name not in data and getattr(obj, f.name) is not None:

@@ -170,8 +170,9 @@ def finalize(ctx: Context, step: str, phases: list[str], n_shards: int, inputs: 
     rejects = pa.concat_tables(parts) if parts else REJECTS_SCHEMA.empty_table()
     rejects = rejects.sort_by([("id", "ascending"), ("reason", "ascending")])
     tables.write_parquet(ctx.uri(step, "rejects.parquet"), rejects)
-    counts = manifest.counts(sum(m["counts"]["in"] for m in first), sum(m["counts"]["out"] for m in last),
-                             rejected)
+    # extra rejects were decided by a global phase before the shards: they came in, never went out
+    n_in = sum(m["counts"]["in"] for m in first) + len(extra_rejects or [])
+    counts = manifest.counts(n_in, sum(m["counts"]["out"] for m in last), rejected)
     outputs = [o for m in last for o in m["outputs"]] + list(extra_outputs or [])
     shard_errors = [e for ms in per_phase.values() for m in ms for e in m["stats"].get("shard_errors", [])]
     compute = sum(m["seconds"] for ms in per_phase.values() for m in ms)

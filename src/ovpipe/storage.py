@@ -202,6 +202,22 @@ class _S3Raw(io.RawIOBase):
         super().close()
 
 
+def read_range(uri: str, start: int, end: int) -> bytes:
+    """Bytes [start, end) of an object (an S3 ranged GET; a seek locally)."""
+    if end <= start:
+        return b""
+    if is_remote(uri):
+        bucket, key = split_s3(uri)
+        return _retry("read", uri, lambda: s3_client().get_object(
+            Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}")["Body"].read())
+    try:
+        with open(_local(uri), "rb") as f:
+            f.seek(start)
+            return f.read(end - start)
+    except FileNotFoundError as exc:
+        raise NotFound(f"read {uri}: no such file") from exc
+
+
 def open_read(uri: str) -> IO[bytes]:
     """A streaming binary reader (large objects are not loaded into memory); use it in `with`."""
     if is_remote(uri):

@@ -10,7 +10,7 @@ import logging
 import os
 
 from ovpipe import sharded
-from ovpipe.cli import make_context, step_module
+from ovpipe.cli import DATASET_STEPS, make_context, step_module
 from ovpipe.data import source
 from ovpipe.sharded import Context
 
@@ -25,20 +25,31 @@ def context(recipe: str, store: str, run_id: str, overrides: str = "{}") -> Cont
     return make_context(recipe, store, run_id or None, [f"{k}={json.dumps(v)}" for k, v in extra.items()])
 
 
-def synth(recipe: str, store: str, run_id: str, overrides: str) -> dict | None:
-    """The synthetic corpus, unless the recipe names an input (then nothing to do)."""
+def synth(recipe: str, store: str, run_id: str, overrides: str, dataset: str = "mid") -> dict | None:
+    """A synthetic corpus, unless the recipe names that dataset's input (then nothing to do)."""
     ctx = context(recipe, store, run_id, overrides)
-    if ctx.recipe.data.input:
+    given = ctx.recipe.data.input if dataset == "mid" else getattr(ctx.recipe.packing, dataset).input
+    if given:
         return None
     mod = step_module("synth")
-    mod.process(ctx)
-    return mod.finalize(ctx)
+    mod.process(ctx, dataset=dataset)
+    return mod.finalize(ctx, dataset=dataset)
 
 
-def plan(recipe: str, store: str, run_id: str, overrides: str) -> list[str]:
-    """Shard ranges for the ParallelFor loops, from the input listing and data.group_size."""
+def plan(recipe: str, store: str, run_id: str, overrides: str, step: str = "embed", dataset: str = "mid") -> list[str]:
+    """Shard ranges ('A-B') for a ParallelFor loop over a step's shards, data.group_size per task."""
     ctx = context(recipe, store, run_id, overrides)
-    return sharded.group_specs(len(source.input_shards(ctx)), ctx.recipe.data.group_size)
+    if step == "lengths":
+        from ovpipe.packing.datasets import dataset_shards
+
+        n = len(dataset_shards(ctx, dataset))
+    elif step == "pack":
+        from ovpipe.packing.pack import plan as pack_plan
+
+        n = pack_plan(ctx, dataset)["shards"]
+    else:
+        n = len(source.input_shards(ctx))
+    return sharded.group_specs(n, ctx.recipe.data.group_size)
 
 
 def process(step: str, recipe: str, store: str, run_id: str, overrides: str, shards: str, **kw) -> str:
@@ -59,11 +70,13 @@ def filter_dedup(recipe: str, store: str, run_id: str, overrides: str) -> str:
     return dedup_all(context(recipe, store, run_id, overrides))
 
 
-def finalize(step: str, recipe: str, store: str, run_id: str, overrides: str) -> dict:
+def finalize(step: str, recipe: str, store: str, run_id: str, overrides: str, dataset: str = "mid") -> dict:
     """Collect a step's shards into its manifest (global steps run whole here)."""
     ctx = context(recipe, store, run_id, overrides)
     mod = step_module(step)
-    return mod.finalize(ctx) if hasattr(mod, "finalize") else mod.run(ctx)
+    if not hasattr(mod, "finalize"):
+        return mod.run(ctx)
+    return mod.finalize(ctx, dataset=dataset) if step in DATASET_STEPS else mod.finalize(ctx)
 
 
 def publish(body: dict | None, dataset_path: str | None = None, metadata: dict | None = None,

@@ -1,6 +1,11 @@
-"""The `synth` step: the deterministic synthetic corpus as webdataset tar shards."""
+"""The `synth` step: deterministic synthetic corpora as webdataset tar shards.
+
+dataset mid (step `synth`): raw image-caption scenes, the curation pipeline's input.
+dataset stage1 (`synth-stage1`): short alignment captions; sft (`synth-sft`): conversations.
+"""
 from __future__ import annotations
 
+import functools
 import time
 
 from ovpipe import sharded
@@ -8,16 +13,32 @@ from ovpipe.data.shards import TarWriter
 from ovpipe.data.synth import load_vocab, synth_samples
 from ovpipe.sharded import Context, ShardResult, shard_name
 
-STEP = "synth"
+
+def _step(dataset: str) -> str:
+    return "synth" if dataset == "mid" else f"synth-{dataset}"
 
 
-def synth_shard(ctx: Context, index: int) -> ShardResult:
-    cfg = ctx.recipe.synth
-    uri = ctx.uri(STEP, f"{shard_name(index)}.tar")
+def _samples(ctx: Context, index: int, dataset: str):
+    vocab = load_vocab(ctx.recipe.synth.vocab)
+    if dataset == "mid":
+        cfg = ctx.recipe.synth
+        return synth_samples(ctx.recipe.seed, index, cfg.samples_per_shard, vocab, bad_fraction=cfg.bad_fraction,
+                             min_size=cfg.min_size, max_size=cfg.max_size, zh_fraction=cfg.zh_fraction)
+    from ovpipe.data import synth_stages
+
+    cfg = getattr(ctx.recipe.packing, dataset)
+    make = synth_stages.align_samples if dataset == "stage1" else synth_stages.sft_samples
+    return make(ctx.recipe.seed, index, cfg.synth_samples_per_shard, vocab, size=cfg.image_size)
+
+
+def _n_shards(ctx: Context, dataset: str) -> int:
+    return ctx.recipe.synth.shards if dataset == "mid" else getattr(ctx.recipe.packing, dataset).synth_shards
+
+
+def synth_shard(ctx: Context, index: int, dataset: str = "mid") -> ShardResult:
+    uri = ctx.uri(_step(dataset), f"{shard_name(index)}.tar")
     writer = TarWriter(uri)
-    for sample in synth_samples(ctx.recipe.seed, index, cfg.samples_per_shard, load_vocab(cfg.vocab),
-                                bad_fraction=cfg.bad_fraction, min_size=cfg.min_size, max_size=cfg.max_size,
-                                zh_fraction=cfg.zh_fraction):
+    for sample in _samples(ctx, index, dataset):
         key = sample.pop("__key__")
         writer.write(key, sample)
     n = writer.count
@@ -25,10 +46,12 @@ def synth_shard(ctx: Context, index: int) -> ShardResult:
     return ShardResult(n_in=n, n_out=n, outputs=[{"uri": uri, "sha256": digest, "samples": n}])
 
 
-def process(ctx: Context, shards: str = "all", workers: int = 1) -> None:
-    indices = sharded.parse_shards(shards, ctx.recipe.synth.shards)
-    sharded.run_shards(ctx, STEP, "write", indices, synth_shard, workers)
+def process(ctx: Context, shards: str = "all", workers: int = 1, dataset: str = "mid") -> None:
+    indices = sharded.parse_shards(shards, _n_shards(ctx, dataset))
+    fn = functools.partial(synth_shard, dataset=dataset)
+    sharded.run_shards(ctx, _step(dataset), "write", indices, fn, workers)
 
 
-def finalize(ctx: Context) -> dict:
-    return sharded.finalize(ctx, STEP, ["write"], ctx.recipe.synth.shards, inputs=[], t_start=time.perf_counter())
+def finalize(ctx: Context, dataset: str = "mid") -> dict:
+    return sharded.finalize(ctx, _step(dataset), ["write"], _n_shards(ctx, dataset), inputs=[],
+                            t_start=time.perf_counter())

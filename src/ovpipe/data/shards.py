@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -30,6 +31,9 @@ class Sample:
     caption: bytes | None = None  # raw bytes: decoding errors are a reject reason, not a crash
     meta: dict = field(default_factory=dict)
     error: tuple[str, str] | None = None  # (reason, detail) when the sample is structurally broken
+    members: dict[str, bytes] = field(default_factory=dict)  # every member by extension (tar inputs)
+    offset: int = -1  # tar: byte range [offset, offset + size) holding the sample's members
+    size: int = 0     # parquet: offset = row index, size = 0
 
     def caption_text(self) -> str | None:
         """The caption as text, or None when it is not valid UTF-8."""
@@ -72,8 +76,8 @@ def _split_name(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
-def _assemble(key: str, members: dict[str, bytes]) -> Sample:
-    sample = Sample(key=key)
+def _assemble(key: str, members: dict[str, bytes], offset: int = -1, end: int = 0) -> Sample:
+    sample = Sample(key=key, members=members, offset=offset, size=end - offset if offset >= 0 else 0)
     for ext in IMAGE_EXTS:
         if ext in members:
             sample.image, sample.image_ext = members[ext], ext
@@ -102,7 +106,7 @@ class _TarInfo(tarfile.TarInfo):
 
 
 def _iter_tar(uri: str, report: ShardReport) -> Iterator[Sample]:
-    key, members, n = None, {}, 0
+    key, members, n, start, end = None, {}, 0, -1, 0
     stream = storage.open_read(uri)
     try:
         with tarfile.open(fileobj=stream, mode="r|*", tarinfo=_TarInfo) as tar:
@@ -112,11 +116,14 @@ def _iter_tar(uri: str, report: ShardReport) -> Iterator[Sample]:
                 k, ext = _split_name(info.name)
                 data = tar.extractfile(info).read()
                 if k != key and key is not None:
-                    yield _assemble(key, members)
+                    yield _assemble(key, members, start, end)
                     n += 1
                     members = {}
+                if k != key:
+                    start = info.offset
                 key = k
                 members[ext] = data
+                end = info.offset_data + -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
             if not getattr(tar, "ovpipe_clean_end", False):
                 raise tarfile.ReadError("no end-of-archive marker (the stream stopped between members)")
     except (tarfile.TarError, EOFError, OSError, storage.StorageError) as exc:
@@ -127,7 +134,7 @@ def _iter_tar(uri: str, report: ShardReport) -> Iterator[Sample]:
     finally:
         stream.close()
     if key is not None:
-        yield _assemble(key, members)
+        yield _assemble(key, members, start, end)
 
 
 def _image_bytes(value) -> bytes | None:
@@ -152,7 +159,7 @@ def _iter_parquet(uri: str, report: ShardReport, id_column: str, image_column: s
             for i, sid in enumerate(rows[id_column]):
                 cap = rows[caption_column][i] if caption_column in rows else None
                 image = _image_bytes(rows[image_column][i])
-                sample = Sample(key=str(sid), image=image, image_ext=None,
+                sample = Sample(key=str(sid), image=image, image_ext=None, offset=n,
                                 caption=cap.encode("utf-8") if isinstance(cap, str) else cap)
                 if image is None:
                     sample.error = ("missing_image", f"null {image_column!r}")
@@ -160,6 +167,29 @@ def _iter_parquet(uri: str, report: ShardReport, id_column: str, image_column: s
                 yield sample
     except (OSError, pa.ArrowException) as exc:
         report.add(f"parquet read failed: {type(exc).__name__}: {exc}", n)
+
+
+def fetch_samples(uri: str, positions: list[tuple[int, int]], fmt: str = "auto", threads: int = 8,
+                  **columns) -> dict[int, Sample]:
+    """Samples of one shard by the positions its reader reported: tar byte ranges (ranged reads in
+    parallel, the shard is never read whole) or parquet rows (one pass). Keyed by offset."""
+    if fmt == "parquet" or (fmt == "auto" and uri.endswith(".parquet")):
+        wanted = {offset for offset, _ in positions}
+        return {s.offset: s for s in _iter_parquet(uri, ShardReport(uri), **columns) if s.offset in wanted}
+
+    def one(pos):
+        offset, size = pos
+        with tarfile.open(fileobj=io.BytesIO(storage.read_range(uri, offset, offset + size)), mode="r:") as tar:
+            members, key = {}, None
+            for info in tar:
+                key, ext = _split_name(info.name)
+                members[ext] = tar.extractfile(info).read()
+        if key is None:
+            raise storage.StorageError(f"{uri}: no sample at bytes {offset}..{offset + size}")
+        return _assemble(key, members, offset, offset + size)
+
+    with ThreadPoolExecutor(threads) as pool:
+        return {s.offset: s for s in pool.map(one, sorted(set(positions)))}
 
 
 class TarWriter:
@@ -173,17 +203,27 @@ class TarWriter:
         self._path = self._out.__enter__()
         self._tar = tarfile.open(self._path, "w", format=tarfile.USTAR_FORMAT)
         self.count = 0
+        # Byte layout of each sample, for index files (energon's) built without re-reading the tar:
+        # (key, offset of its first header, [(ext, data offset, data size), ...]).
+        self.layout: list[tuple[str, int, list[tuple[str, int, int]]]] = []
+        self.end_offset = 0  # where the end-of-archive blocks start, set by close()
 
     def write(self, key: str, members: dict[str, bytes]) -> None:
+        start, parts = self._tar.offset, []
         for ext, data in members.items():
             info = tarfile.TarInfo(f"{key}.{ext}")
             info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
             info.uname = info.gname = ""
             self._tar.addfile(info, io.BytesIO(data))
+            # The data is the member's last block run (padded to 512), just before the new offset.
+            padded = -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+            parts.append((ext, self._tar.offset - padded, len(data)))
+        self.layout.append((key, start, parts))
         self.count += 1
 
     def close(self) -> str:
         """Commit; returns the sha256 of the shard."""
+        self.end_offset = self._tar.offset
         self._tar.close()
         with open(self._path, "rb") as f:
             digest = storage.sha256_bytes(f.read())

@@ -430,3 +430,18 @@ def _generate(seed, shard, count, vocab, specs, *, bad_fraction, min_size, max_s
         yield {"__key__": f"{shard:05d}{i:06d}", ext: payload, "txt": txt,
                "json": json.dumps(meta, ensure_ascii=False, sort_keys=True,
                                   separators=(",", ":")).encode("utf-8")}
+
+
+# Public handles for sibling generators (synth_stages.py) that draw and word the same scenes.
+ZH_WORDS = _ZH
+NUMBER_WORDS = _NUMBER
+
+
+def draw_scene(scene: dict) -> Image.Image:
+    """Render a scene dict (width, height, background, shapes, text, text_color, font_size, text_anchor)."""
+    return _draw(scene)
+
+
+def encode_image(img: Image.Image, ext: str) -> bytes:
+    """Encode with the fixed codec settings used by synth_samples (ext: jpg, png or webp)."""
+    return _encode(img, ext)

@@ -1,0 +1,26 @@
+"""The whole DAG: curation → packing of the curated corpus; stage-1 and stage-2 data packed beside it."""
+from kfp import dsl
+
+from pipelines.curation import curation_dag
+from pipelines.packing import packing_dag
+
+STEPS = ("synth", "embed", "concepts", "balance", "caption", "filter", "lengths", "pack")
+CURATION = STEPS[:6]
+
+
+def full_dag(recipe: str, store: str, run_id: str, overrides: str, steps=STEPS, caption_gpus=1) -> None:
+    a = dict(recipe=recipe, store=store, run_id=run_id, overrides=overrides)
+    curated = None
+    if set(steps) & set(CURATION):
+        curated = curation_dag(steps=tuple(s for s in steps if s in CURATION), caption_gpus=caption_gpus, **a)
+    packing = tuple(s for s in steps if s in ("synth", "lengths", "pack"))
+    if set(packing) - {"synth"}:
+        packing_dag(dataset="mid", after=curated, steps=packing, **a)
+    for dataset in ("stage1", "sft"):
+        packing_dag(dataset=dataset, steps=packing, **a)
+
+
+@dsl.pipeline(name="ovpipe-full", description="Curation and packing (training and evaluation come next)")
+def full(recipe: str = "configs/recipes/ov15-8b.yaml", store: str = "s3://ovpipe/runs", run_id: str = "ov15-8b",
+         overrides: str = "{}", caption_gpus: int = 4):
+    full_dag(recipe, store, run_id, overrides, caption_gpus=caption_gpus)

@@ -1,0 +1,212 @@
+"""The one token-sequence builder: what the training loader encodes and what packing counts.
+
+A sample = turns (Qwen chat roles) + tokens per image. Each turn is laid out as
+
+    <|im_start|> "{role}\\n" content <|im_end|> "\\n"
+
+where every `<image>` in the content becomes <|vision_start|> <|image_pad|>*n <|vision_end|>.
+Text pieces (the role header, the content between images, the trailing newline) are tokenized one by
+one, never merged across a special token or an image, so
+
+    length = sum(len(piece tokens)) + special tokens + sum(n_i + 2)
+
+exactly, and `lengths()` can batch-encode the pieces of many samples at once. Both `encode` and
+`lengths` go through `_layout`, so they cannot disagree. Special-token strings inside text are
+tokenized as plain text (no injection of <|im_end|> etc. from data). The loss mask is 1 on the
+assistant's content tokens and its <|im_end|>.
+"""
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+
+from ovpipe.packing.tokenizer import SPECIAL
+
+PLACEHOLDER = "<image>"
+ROLES = ("system", "user", "assistant")
+_LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                "system": "system"}
+_CHUNK = 8192  # texts per batch-encode call (bounds the memory of Encoding objects)
+
+
+@dataclass
+class Encoded:
+    input_ids: np.ndarray  # int32
+    loss_mask: np.ndarray  # uint8
+    image_token_counts: list[int]
+
+
+class _Encoder:
+    """A tokenizer's text path with special tokens disabled, plus the token ids the layout needs."""
+
+    def __init__(self, tok):
+        from tokenizers import Tokenizer
+
+        backend = tok if isinstance(tok, Tokenizer) else tok.backend_tokenizer
+        ids = {k: backend.token_to_id(v) for k, v in SPECIAL.items()}
+        missing = [SPECIAL[k] for k, v in ids.items() if v is None]
+        if missing:
+            raise ValueError(f"tokenizer lacks special tokens {missing} (load it with load_tokenizer)")
+        self.ids = ids
+        self.text = Tokenizer.from_str(backend.to_str())  # a copy: we change its settings
+        self.text.encode_special_tokens = True
+        self.text.no_padding()
+        self.text.no_truncation()
+        self.header = {r: self.encode([f"{r}\n"])[0] for r in ROLES}
+        self.newline = self.encode(["\n"])[0]
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        out: list[list[int]] = []
+        for i in range(0, len(texts), _CHUNK):
+            out += [e.ids for e in self.text.encode_batch_fast(texts[i:i + _CHUNK], add_special_tokens=False)]
+        return out
+
+    def count(self, texts: list[str]) -> np.ndarray:
+        out = np.empty(len(texts), np.int64)
+        for i in range(0, len(texts), _CHUNK):
+            encs = self.text.encode_batch_fast(texts[i:i + _CHUNK], add_special_tokens=False)
+            out[i:i + len(encs)] = [len(e) for e in encs]
+        return out
+
+
+_ENCODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _encoder(tok) -> _Encoder:
+    enc = _ENCODERS.get(tok)
+    if enc is None:
+        enc = _ENCODERS[tok] = _Encoder(tok)
+    return enc
+
+
+def _layout(turns, image_tokens, enc: _Encoder, texts: list[str], index: dict[str, int]):
+    """Segments of one sample and its number of tokens outside variable text pieces.
+
+    A segment is (kind, value, mask): kind "ids" = a list of token ids, "text" = an index into
+    `texts` (deduplicated through `index`), "image" = n pad tokens framed by vision start/end.
+    """
+    ids = enc.ids
+    segs: list[tuple] = []
+    fixed = 0
+    n_images = len(image_tokens)
+    img = 0
+    for turn in turns:
+        try:
+            role, content = turn["role"], turn["content"]
+        except (TypeError, KeyError):
+            raise ValueError(f"a turn must be a dict with 'role' and 'content', got {turn!r:.80}") from None
+        if role not in enc.header:
+            raise ValueError(f"unknown role {role!r} (expected one of {ROLES}; see normalize_turns)")
+        if not isinstance(content, str):
+            raise ValueError(f"turn content must be a string, got {type(content).__name__}")
+        mask = 1 if role == "assistant" else 0
+        header = enc.header[role]
+        segs.append(("ids", [ids["im_start"], *header], 0))
+        fixed += 1 + len(header)
+        parts = content.split(PLACEHOLDER)
+        if len(parts) > 1 and mask:
+            raise ValueError("<image> placeholder in an assistant turn")
+        for k, part in enumerate(parts):
+            if k:
+                if img < n_images:
+                    n = image_tokens[img]
+                    if n <= 0:
+                        raise ValueError(f"image {img} has {n} tokens")
+                    segs.append(("image", n, 0))
+                    fixed += n + 2
+                img += 1
+            if part:
+                j = index.get(part)
+                if j is None:
+                    j = index[part] = len(texts)
+                    texts.append(part)
+                segs.append(("text", j, mask))
+        segs.append(("ids", [ids["im_end"]], mask))
+        segs.append(("ids", enc.newline, 0))
+        fixed += 1 + len(enc.newline)
+    if img != n_images:
+        raise ValueError(f"{img} <image> placeholders but {n_images} images")
+    return segs, fixed
+
+
+def encode(turns, image_tokens, tok) -> Encoded:
+    """Token ids + loss mask of one sample; len(input_ids) == lengths([(turns, image_tokens)])[0]."""
+    enc = _encoder(tok)
+    texts: list[str] = []
+    segs, _ = _layout(turns, list(image_tokens), enc, texts, {})
+    piece_ids = enc.encode(texts)
+    ids = enc.ids
+    out: list[int] = []
+    mask: list[int] = []
+    for kind, value, m in segs:
+        if kind == "ids":
+            seg = value
+        elif kind == "text":
+            seg = piece_ids[value]
+        else:
+            seg = [ids["vision_start"], *([ids["image_pad"]] * value), ids["vision_end"]]
+        out += seg
+        mask += [m] * len(seg)
+    return Encoded(np.asarray(out, np.int32), np.asarray(mask, np.uint8), list(image_tokens))
+
+
+def lengths(samples, tok) -> np.ndarray:
+    """int64 token count per (turns, image_tokens) sample, equal to len(encode(...).input_ids).
+
+    All text pieces of all samples are deduplicated and batch-encoded in one pass.
+    """
+    enc = _encoder(tok)
+    texts: list[str] = []
+    index: dict[str, int] = {}
+    fixed = np.empty(len(samples), np.int64)
+    piece_sample: list[int] = []
+    piece_text: list[int] = []
+    for s, (turns, image_tokens) in enumerate(samples):
+        segs, fixed[s] = _layout(turns, image_tokens, enc, texts, index)
+        for kind, value, _ in segs:
+            if kind == "text":
+                piece_sample.append(s)
+                piece_text.append(value)
+    counts = enc.count(texts)
+    if piece_text:
+        fixed += np.bincount(np.asarray(piece_sample), weights=counts[np.asarray(piece_text)],
+                             minlength=len(samples)).astype(np.int64)
+    return fixed
+
+
+def caption_turns(caption: str, prompt: str = "") -> list[dict]:
+    """Stage 1 / 1.5 sample: one image (+ optional prompt) from the user, the caption as the answer."""
+    return [{"role": "user", "content": PLACEHOLDER + prompt}, {"role": "assistant", "content": caption}]
+
+
+def normalize_turns(obj) -> list[dict]:
+    """Our [{"role", "content"}] or LLaVA's [{"from", "value"}] (also under "conversations"/"messages")."""
+    if isinstance(obj, dict):
+        obj = obj.get("conversations", obj.get("messages"))
+    if not isinstance(obj, (list, tuple)) or not obj:
+        raise ValueError("empty conversation" if isinstance(obj, (list, tuple)) or obj is None
+                         else f"a conversation must be a list of turns, got {type(obj).__name__}")
+    out = []
+    for i, turn in enumerate(obj):
+        if not isinstance(turn, dict):
+            raise ValueError(f"turn {i} is a {type(turn).__name__}, not a dict")
+        if "role" in turn:
+            role, content = turn["role"], turn.get("content")
+            if role not in ROLES:
+                raise ValueError(f"turn {i}: unknown role {role!r} (expected one of {ROLES})")
+        elif "from" in turn:
+            role, content = _LLAVA_ROLES.get(turn["from"]), turn.get("value")
+            if role is None:
+                raise ValueError(f"turn {i}: unknown speaker {turn['from']!r} (expected human, gpt or system)")
+        else:
+            raise ValueError(f"turn {i} has neither 'role' nor 'from': keys {sorted(turn)}")
+        if not isinstance(content, str):
+            raise ValueError(f"turn {i}: content must be a string, got {type(content).__name__}")
+        if role == "assistant" and PLACEHOLDER in content:
+            raise ValueError(f"turn {i}: <image> placeholder in an assistant turn")
+        out.append({"role": role, "content": content})
+    if not any(t["role"] == "assistant" for t in out):
+        raise ValueError("no assistant turn (nothing to train on)")
+    return out
