@@ -225,8 +225,7 @@ class TarWriter:
         """Commit; returns the sha256 of the shard."""
         self.end_offset = self._tar.offset
         self._tar.close()
-        with open(self._path, "rb") as f:
-            digest = storage.sha256_bytes(f.read())
+        digest = storage.sha256_uri(self._path)  # in chunks: packed shards can be large
         self._out.__exit__(None, None, None)
         return digest
 
