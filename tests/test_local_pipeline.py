@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from ovpipe.cli import main
+from ovpipe.cli import main, run_step
 from pipelines.local import select_steps
 from tests.helpers import SMALL, TINY, data_digests, run_all, small_context
+
+PACKED = ("lengths", "pack", "synth-stage1", "lengths-stage1", "pack-stage1", "synth-sft", "lengths-sft", "pack-sft")
+ALL = ("synth", "embed", "concepts", "balance", "caption", "filter") + PACKED
 
 
 def _run(store: str, run_id: str = "kfp") -> None:
@@ -19,7 +22,10 @@ def _run(store: str, run_id: str = "kfp") -> None:
 def direct(tmp_path_factory):
     ctx = small_context(str(tmp_path_factory.mktemp("direct")), run_id="kfp")
     run_all(ctx)
-    return data_digests(ctx)
+    for dataset in ("mid", "stage1", "sft"):
+        for step in ("synth", "lengths", "pack") if dataset != "mid" else ("lengths", "pack"):
+            run_step(ctx, step, dataset=dataset)
+    return data_digests(ctx, ALL)
 
 
 def test_local_pipeline_on_a_folder_matches_direct_steps(direct, tmp_path, monkeypatch, capsys):
@@ -27,13 +33,13 @@ def test_local_pipeline_on_a_folder_matches_direct_steps(direct, tmp_path, monke
     _run(str(tmp_path / "store"))
     out = capsys.readouterr().out
     assert "filter" in out and "manifest.json" in out and "balance.png" in out
-    assert data_digests(small_context(str(tmp_path / "store"), run_id="kfp")) == direct
+    assert data_digests(small_context(str(tmp_path / "store"), run_id="kfp"), ALL) == direct
 
 
 def test_local_pipeline_on_seaweedfs_matches_folder_store(direct, s3_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _run(s3_root)
-    assert data_digests(small_context(s3_root, run_id="kfp")) == direct
+    assert data_digests(small_context(s3_root, run_id="kfp"), ALL) == direct
 
 
 def test_step_ranges():

@@ -49,7 +49,8 @@ def _digests(ctx):
     for step in ("lengths", "pack"):
         for dataset in ("mid", "stage1", "sft"):
             body = storage.read_json(ctx.uri(folder(step, dataset), "manifest.json"))
-            out[(step, dataset)] = sorted(o["sha256"] for o in body["outputs"])
+            out[(step, dataset)] = sorted(o["sha256"] for o in body["outputs"]) + [
+                storage.sha256_uri(ctx.uri(folder(step, dataset), "rejects.parquet"))]
     return out
 
 

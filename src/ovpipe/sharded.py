@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -43,6 +44,15 @@ class ShardResult:
     outputs: list[dict] = field(default_factory=list)  # [{uri, sha256, samples}]
     rejects: list[tuple[str, str, str]] = field(default_factory=list)  # (id, reason, detail)
     stats: dict = field(default_factory=dict)  # e.g. {"shard_errors": [...]}
+
+
+def stable_detail(detail: str) -> str:
+    """Library messages name objects by address ("<_io.BytesIO object at 0x7f…>"): drop it, so
+    rejects are byte-identical across runs."""
+    return _ADDRESS.sub("", str(detail))
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
 def shard_name(index: int) -> str:
@@ -109,7 +119,7 @@ def _run_one(args) -> None:
         rejected[reason] = rejected.get(reason, 0) + 1
     counts = manifest.counts(res.n_in, res.n_out, rejected)
     if res.rejects:
-        rows = sorted(res.rejects)
+        rows = sorted((key, reason, stable_detail(detail)) for key, reason, detail in res.rejects)
         table = pa.table({"id": [r[0] for r in rows], "reason": [r[1] for r in rows],
                           "detail": [r[2] for r in rows], "shard": [index] * len(rows)},
                          schema=REJECTS_SCHEMA)
