@@ -37,8 +37,11 @@ compile: install
 	$(PY) -m pipelines.compile
 
 bench: install
+	$(PY) -m pip install --quiet --no-deps trl==1.16.0  # the packing baseline (its deps are already here)
 	$(PY) bench/topk_bench.py
 	$(PY) bench/balance_bench.py
+	$(PY) bench/pack_bench.py --full
+	$(PY) bench/lengths_bench.py
 
 lint: install
 	$(VENV)/bin/ruff check src components pipelines tests bench

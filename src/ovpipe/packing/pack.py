@@ -76,6 +76,9 @@ def _plan(ctx: Context, dataset: str) -> None:
         tables.write_parquet(ctx.uri(step, "plan", f"{shard_name(j)}.parquet"), part)
     ids = t.column("id").to_pylist()
     too_long = [(ids[i], "too_long", f"{int(lengths[i])} tokens > capacity {cfg.capacity}")
+                if lengths[i] > cfg.capacity else
+                (ids[i], "over_bin_limit", f"{int(n_img[i])} images / {int(img_tok[i])} image tokens exceed a "
+                 "per-sequence limit on their own")
                 for i in np.flatnonzero(bins < 0)]
     n_bins = int(bins.max()) + 1 if len(bins) and bins.max() >= 0 else 0
     storage.write_json(ctx.uri(step, "packing.json"), stats)
