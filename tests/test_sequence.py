@@ -80,6 +80,21 @@ def test_bmp_top_down_and_os2_headers():
     assert image_size(os2) == Image.open(io.BytesIO(os2)).size == (w, h)
 
 
+def test_jpeg_junk_between_segments_is_skipped_like_pil():
+    data = _save(Image.new("RGB", (77, 55)), "JPEG")
+    end = 4 + struct.unpack(">H", data[4:6])[0]  # after the first segment (APP0)
+    junk = data[:end] + b"\x00\x13\x37" + data[end:]
+    assert image_size(junk) == Image.open(io.BytesIO(junk)).size == (77, 55)
+
+
+def test_exif_orientation_reports_stored_size():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90: displayed as 30x100
+    data = _save(Image.new("RGB", (100, 30)), "JPEG", exif=exif)
+    assert image_size(data) == Image.open(io.BytesIO(data)).size == (100, 30)
+    assert image_tokens(100, 30) == image_tokens(30, 100)  # so the loader may transpose freely
+
+
 def _header_len(data: bytes) -> int:
     """Bytes image_size needs (found by bisection on prefixes)."""
     for k in range(len(data) + 1):
@@ -106,7 +121,8 @@ def test_corrupt_headers_raise():
     png = _save(Image.new("RGB", (8, 8)), "PNG")
     webp = _save(Image.new("RGB", (8, 8)), "WEBP")
     cases = {
-        "marker": jpeg[:2] + b"\x00garbage" * 4,
+        "no frame": jpeg[:2] + b"\x00garbage" * 4,
+        "invalid marker": jpeg[:2] + b"\xff\x10\x00\x04" + jpeg[2:],
         "scan before frame": b"\xff\xd8\xff\xda\x00\x08" + b"\x00" * 20,
         "zero length": b"\xff\xd8\xff\xe0\x00\x00" + b"\x00" * 20,
         "IHDR": png[:12] + b"XXXX" + png[16:],
@@ -220,7 +236,15 @@ def test_load_tokenizer_without_specials_fails_clearly(tmp_path):
 # ---------------------------------------------------------------- sequences
 
 def _random_conversation(rng):
+    seen = []
+
     def text():
+        if seen and rng.random() < 0.15:  # repeated pieces within a sample
+            return rng.choice(seen)
+        seen.append(_text())
+        return seen[-1]
+
+    def _text():
         kind = rng.random()
         if kind < 0.4:
             s = _en(rng, rng.randint(0, 30))
@@ -275,6 +299,15 @@ def test_lengths_equal_encode_on_random_conversations(tok):
         runs = np.flatnonzero(np.diff(np.concatenate([[0], enc.loss_mask, [0]]).astype(np.int8)) == 1)
         assert len(runs) == len(assistant)
         assert int(((enc.input_ids == ids["im_end"]) & (enc.loss_mask == 1)).sum()) == len(assistant)
+
+
+def test_repeated_pieces_counted_each_time(tok):
+    turns = [{"role": "user", "content": "<image>\nhow many?"}, {"role": "assistant", "content": "two"},
+             {"role": "user", "content": "how many?"}, {"role": "assistant", "content": "two"},
+             {"role": "user", "content": "\n<image>\nhow many?"}, {"role": "assistant", "content": "two"}]
+    enc = encode(turns, [4, 9], tok)
+    assert lengths([(turns, [4, 9]), (turns, [4, 9])], tok).tolist() == [len(enc.input_ids)] * 2
+    assert tok.decode(enc.input_ids[enc.loss_mask == 1].tolist()) == "two<|im_end|>" * 3
 
 
 def test_placeholder_count_mismatch(tok):

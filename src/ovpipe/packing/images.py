@@ -35,12 +35,19 @@ def _jpeg(data: bytes) -> tuple[int, int]:
     while True:
         if i + 4 > n:
             raise HeaderError(f"truncated JPEG: no frame header (SOFn) in {n} bytes")
-        if data[i] != 0xFF:
-            raise HeaderError(f"corrupt JPEG: expected a marker at byte {i}, got 0x{data[i]:02x}")
+        if data[i] != 0xFF:  # junk between segments: skip to the next 0xff, as PIL does
+            j = data.find(b"\xff", i)
+            i = j if j >= 0 else n
+            continue
         marker = data[i + 1]
         if marker == 0xFF:  # fill byte before a marker
             i += 1
             continue
+        if marker == 0x00:  # stuffed zero: junk too
+            i += 2
+            continue
+        if marker < 0xC0 and marker != 0x01:  # 0x02-0xBF are no markers (PIL rejects them too)
+            raise HeaderError(f"corrupt JPEG: invalid marker 0xff{marker:02x} at byte {i}")
         if marker in _JPEG_STANDALONE:
             i += 2
             continue
@@ -109,7 +116,8 @@ def _pil(data: bytes) -> tuple[int, int]:
     try:
         with Image.open(io.BytesIO(data)) as im:  # lazy: parses the header, decodes nothing
             return im.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError, EOFError,
+            struct.error) as exc:
         raise HeaderError(f"unreadable image header ({type(exc).__name__}: {exc})") from None
 
 

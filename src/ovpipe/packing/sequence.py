@@ -28,6 +28,7 @@ PLACEHOLDER = "<image>"
 ROLES = ("system", "user", "assistant")
 _LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                 "system": "system"}
+IDS, TEXT, IMAGE = "ids", "text", "image"  # segment kinds
 _CHUNK = 8192  # texts per batch-encode call (bounds the memory of Encoding objects)
 
 
@@ -54,8 +55,13 @@ class _Encoder:
         self.text.encode_special_tokens = True
         self.text.no_padding()
         self.text.no_truncation()
-        self.header = {r: self.encode([f"{r}\n"])[0] for r in ROLES}
-        self.newline = self.encode(["\n"])[0]
+        newline = self.encode(["\n"])[0]
+        self.frames = {}  # role -> (opening segment, closing segment, newline segment, their length, mask)
+        for role in ROLES:
+            mask = 1 if role == "assistant" else 0
+            opening = [ids["im_start"], *self.encode([f"{role}\n"])[0]]
+            self.frames[role] = ((IDS, opening, 0), (IDS, [ids["im_end"]], mask), (IDS, newline, 0),
+                                 len(opening) + 1 + len(newline), mask)
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         out: list[list[int]] = []
@@ -71,7 +77,7 @@ class _Encoder:
         return out
 
 
-_ENCODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_ENCODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # per tokenizer object (add no tokens later)
 
 
 def _encoder(tok) -> _Encoder:
@@ -82,12 +88,11 @@ def _encoder(tok) -> _Encoder:
 
 
 def _layout(turns, image_tokens, enc: _Encoder, texts: list[str], index: dict[str, int]):
-    """Segments of one sample and its number of tokens outside variable text pieces.
+    """Segments of one sample and its number of tokens outside the variable text pieces.
 
-    A segment is (kind, value, mask): kind "ids" = a list of token ids, "text" = an index into
-    `texts` (deduplicated through `index`), "image" = n pad tokens framed by vision start/end.
+    A segment is (kind, value, mask): IDS = a list of token ids, TEXT = an index into `texts`
+    (deduplicated through `index`), IMAGE = n pad tokens framed by vision start/end.
     """
-    ids = enc.ids
     segs: list[tuple] = []
     fixed = 0
     n_images = len(image_tokens)
@@ -97,16 +102,16 @@ def _layout(turns, image_tokens, enc: _Encoder, texts: list[str], index: dict[st
             role, content = turn["role"], turn["content"]
         except (TypeError, KeyError):
             raise ValueError(f"a turn must be a dict with 'role' and 'content', got {turn!r:.80}") from None
-        if role not in enc.header:
+        frame = enc.frames.get(role)
+        if frame is None:
             raise ValueError(f"unknown role {role!r} (expected one of {ROLES}; see normalize_turns)")
         if not isinstance(content, str):
             raise ValueError(f"turn content must be a string, got {type(content).__name__}")
-        mask = 1 if role == "assistant" else 0
-        header = enc.header[role]
-        segs.append(("ids", [ids["im_start"], *header], 0))
-        fixed += 1 + len(header)
-        parts = content.split(PLACEHOLDER)
-        if len(parts) > 1 and mask:
+        opening, closing, newline, n_frame, mask = frame
+        segs.append(opening)
+        fixed += n_frame
+        parts = content.split(PLACEHOLDER) if PLACEHOLDER in content else (content,)
+        if mask and len(parts) > 1:
             raise ValueError("<image> placeholder in an assistant turn")
         for k, part in enumerate(parts):
             if k:
@@ -114,7 +119,7 @@ def _layout(turns, image_tokens, enc: _Encoder, texts: list[str], index: dict[st
                     n = image_tokens[img]
                     if n <= 0:
                         raise ValueError(f"image {img} has {n} tokens")
-                    segs.append(("image", n, 0))
+                    segs.append((IMAGE, n, 0))
                     fixed += n + 2
                 img += 1
             if part:
@@ -122,10 +127,9 @@ def _layout(turns, image_tokens, enc: _Encoder, texts: list[str], index: dict[st
                 if j is None:
                     j = index[part] = len(texts)
                     texts.append(part)
-                segs.append(("text", j, mask))
-        segs.append(("ids", [ids["im_end"]], mask))
-        segs.append(("ids", enc.newline, 0))
-        fixed += 1 + len(enc.newline)
+                segs.append((TEXT, j, mask))
+        segs.append(closing)
+        segs.append(newline)
     if img != n_images:
         raise ValueError(f"{img} <image> placeholders but {n_images} images")
     return segs, fixed
@@ -135,21 +139,28 @@ def encode(turns, image_tokens, tok) -> Encoded:
     """Token ids + loss mask of one sample; len(input_ids) == lengths([(turns, image_tokens)])[0]."""
     enc = _encoder(tok)
     texts: list[str] = []
-    segs, _ = _layout(turns, list(image_tokens), enc, texts, {})
+    image_tokens = list(image_tokens)
+    segs, fixed = _layout(turns, image_tokens, enc, texts, {})
     piece_ids = enc.encode(texts)
-    ids = enc.ids
-    out: list[int] = []
-    mask: list[int] = []
+    total = fixed + sum(len(piece_ids[v]) for kind, v, _ in segs if kind is TEXT)  # what lengths() reports
+    ids = np.empty(total, np.int32)
+    mask = np.zeros(total, np.uint8)
+    pos = 0
     for kind, value, m in segs:
-        if kind == "ids":
-            seg = value
-        elif kind == "text":
-            seg = piece_ids[value]
-        else:
-            seg = [ids["vision_start"], *([ids["image_pad"]] * value), ids["vision_end"]]
-        out += seg
-        mask += [m] * len(seg)
-    return Encoded(np.asarray(out, np.int32), np.asarray(mask, np.uint8), list(image_tokens))
+        if kind is IMAGE:
+            ids[pos] = enc.ids["vision_start"]
+            ids[pos + 1:pos + 1 + value] = enc.ids["image_pad"]
+            ids[pos + 1 + value] = enc.ids["vision_end"]
+            pos += value + 2
+            continue
+        seg = value if kind is IDS else piece_ids[value]
+        ids[pos:pos + len(seg)] = seg
+        if m:
+            mask[pos:pos + len(seg)] = 1
+        pos += len(seg)
+    if pos != total:  # cannot happen: both come from the same layout
+        raise RuntimeError(f"sequence layout ({pos} tokens) and length ({total}) disagree")
+    return Encoded(ids, mask, image_tokens)
 
 
 def lengths(samples, tok) -> np.ndarray:
@@ -166,7 +177,7 @@ def lengths(samples, tok) -> np.ndarray:
     for s, (turns, image_tokens) in enumerate(samples):
         segs, fixed[s] = _layout(turns, image_tokens, enc, texts, index)
         for kind, value, _ in segs:
-            if kind == "text":
+            if kind is TEXT:
                 piece_sample.append(s)
                 piece_text.append(value)
     counts = enc.count(texts)
