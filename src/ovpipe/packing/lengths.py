@@ -8,6 +8,7 @@ sample's position in its input shard (`offset`, `size`) so the packer can fetch 
 """
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import time
@@ -25,7 +26,6 @@ from ovpipe.packing.images import HeaderError, image_size, image_tokens
 from ovpipe.packing.tokenizer import load_tokenizer, train_tokenizer
 from ovpipe.sharded import Context, ShardResult, shard_name
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 _TOKENIZERS: dict[str, object] = {}
 
 
@@ -109,16 +109,11 @@ def lengths_shard(ctx: Context, index: int, dataset: str) -> ShardResult:
                        {"shard_errors": report.errors})
 
 
-def _shard_fn(dataset: str):
-    import functools
-
-    return functools.partial(lengths_shard, dataset=dataset)
-
-
 def process(ctx: Context, shards: str = "all", workers: int = 1, dataset: str = "mid") -> None:
     tokenizer_uri(ctx)  # trained once, before the shards fan out
     indices = sharded.parse_shards(shards, len(dataset_shards(ctx, dataset)))
-    sharded.run_shards(ctx, step_name("lengths", dataset), "lengths", indices, _shard_fn(dataset), workers)
+    sharded.run_shards(ctx, step_name("lengths", dataset), "lengths", indices,
+                       functools.partial(lengths_shard, dataset=dataset), workers)
 
 
 def finalize(ctx: Context, dataset: str = "mid") -> dict:

@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections import defaultdict
@@ -131,18 +132,13 @@ def write_shard(ctx: Context, index: int, dataset: str) -> ShardResult:
                                "sequences": info["samples"]}], [], {"shard_info": info})
 
 
-def _write_fn(dataset: str):
-    import functools
-
-    return functools.partial(write_shard, dataset=dataset)
-
-
 def process(ctx: Context, shards: str = "all", workers: int = 1, dataset: str = "mid", phase: str = "all") -> None:
     """phase: plan | write | all."""
     summary = plan(ctx, dataset)
     if phase in ("write", "all"):
         indices = sharded.parse_shards(shards, summary["shards"])
-        sharded.run_shards(ctx, step_name("pack", dataset), "write", indices, _write_fn(dataset), workers)
+        sharded.run_shards(ctx, step_name("pack", dataset), "write", indices,
+                           functools.partial(write_shard, dataset=dataset), workers)
 
 
 def finalize(ctx: Context, dataset: str = "mid") -> dict:
