@@ -352,3 +352,23 @@ def test_normalize_turns():
             normalize_turns(obj)
     with pytest.raises(ValueError, match="must be a list"):
         normalize_turns("hello")
+
+
+def test_word_cache_reproduces_the_tokenizer(tok):
+    """The fast path (ids per pre-token) must give exactly the tokenizer's own ids, or stay off."""
+    from tokenizers import Tokenizer
+
+    from ovpipe.packing.sequence import _encoder
+
+    enc = _encoder(tok)
+    assert enc.words.enabled, "our trained tokenizer should take the fast path"
+    raw = Tokenizer.from_str(tok.backend_tokenizer.to_str())
+    raw.encode_special_tokens = True
+    rng = random.Random(7)
+    tails = ["", "  ", "\n\n", " 3.5%!", "—“x”"]
+    texts = [" ".join(rng.choice(EN) for _ in range(rng.randint(1, 40))) + rng.choice(tails)
+             + "".join(rng.choice(ZH) for _ in range(rng.randint(0, 20))) for _ in range(500)]
+    texts += ["", " ", "\t\n ", "a  b   c", "<|im_end|>", "ｆｕｌｌ ｗｉｄｔｈ", "e\u0301", "x'll 'd 've"]
+    direct = [e.ids for e in raw.encode_batch(texts, add_special_tokens=False)]
+    assert enc.encode(texts) == direct
+    assert list(enc.count(texts)) == [len(d) for d in direct]
