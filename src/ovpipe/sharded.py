@@ -55,6 +55,20 @@ def stable_detail(detail: str) -> str:
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
+def rejects_table(rows: list[tuple[str, str, str]], shard: int) -> pa.Table:
+    """(id, reason, detail) rows → the rejects schema, sorted, details made run-independent."""
+    rows = sorted((key, reason, stable_detail(detail)) for key, reason, detail in rows)
+    return pa.table({"id": [r[0] for r in rows], "reason": [r[1] for r in rows],
+                     "detail": [r[2] for r in rows], "shard": [shard] * len(rows)}, schema=REJECTS_SCHEMA)
+
+
+def count_reasons(rows: list[tuple[str, str, str]], into: dict[str, int] | None = None) -> dict[str, int]:
+    counts = {} if into is None else into
+    for _, reason, _ in rows:
+        counts[reason] = counts.get(reason, 0) + 1
+    return counts
+
+
 def shard_name(index: int) -> str:
     return f"shard-{index:05d}"
 
@@ -114,16 +128,9 @@ def _run_one(args) -> None:
         return
     t0 = time.perf_counter()
     res: ShardResult = fn(ctx, index)
-    rejected: dict[str, int] = {}
-    for _, reason, _ in res.rejects:
-        rejected[reason] = rejected.get(reason, 0) + 1
-    counts = manifest.counts(res.n_in, res.n_out, rejected)
+    counts = manifest.counts(res.n_in, res.n_out, count_reasons(res.rejects))
     if res.rejects:
-        rows = sorted((key, reason, stable_detail(detail)) for key, reason, detail in res.rejects)
-        table = pa.table({"id": [r[0] for r in rows], "reason": [r[1] for r in rows],
-                          "detail": [r[2] for r in rows], "shard": [index] * len(rows)},
-                         schema=REJECTS_SCHEMA)
-        tables.write_parquet(marker.replace(".json", ".rejects.parquet"), table)
+        tables.write_parquet(marker.replace(".json", ".rejects.parquet"), rejects_table(res.rejects, index))
     storage.write_json(marker, {"shard": index, "config_digest": ctx.recipe.digest(step), "counts": counts,
                                 "outputs": res.outputs, "stats": res.stats,
                                 "seconds": round(time.perf_counter() - t0, 3)})
@@ -171,12 +178,9 @@ def finalize(ctx: Context, step: str, phases: list[str], n_shards: int, inputs: 
             part = _marker(ctx, step, phase, m["shard"]).replace(".json", ".rejects.parquet")
             if m["counts"]["rejected"]:
                 parts.append(tables.read_parquet(part))
-    for _, reason, _ in extra_rejects or []:
-        rejected[reason] = rejected.get(reason, 0) + 1
     if extra_rejects:
-        parts.append(pa.table({"id": [r[0] for r in extra_rejects], "reason": [r[1] for r in extra_rejects],
-                               "detail": [r[2] for r in extra_rejects], "shard": [-1] * len(extra_rejects)},
-                              schema=REJECTS_SCHEMA))
+        count_reasons(extra_rejects, rejected)
+        parts.append(rejects_table(extra_rejects, -1))
     rejects = pa.concat_tables(parts) if parts else REJECTS_SCHEMA.empty_table()
     rejects = rejects.sort_by([("id", "ascending"), ("reason", "ascending")])
     tables.write_parquet(ctx.uri(step, "rejects.parquet"), rejects)

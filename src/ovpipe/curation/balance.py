@@ -93,10 +93,8 @@ def run(ctx: Context) -> dict:
     png_uri = ctx.uri(STEP, "balance.png")
     with storage.atomic_output(png_uri, ".png") as path:
         plot(counts, after, path, f"concept frequency: {cfg.method} ({len(sel)} of {len(ids)} images)")
-    rejected_ids = sorted(ids[i] for i in np.flatnonzero(~mask))
-    rejects = pa.table({"id": pa.array(rejected_ids, pa.string()), "reason": ["not_sampled"] * len(rejected_ids),
-                        "detail": [f"{cfg.method} draw"] * len(rejected_ids),
-                        "shard": pa.array([-1] * len(rejected_ids), pa.int32())}, schema=sharded.REJECTS_SCHEMA)
+    rejected_ids = [ids[i] for i in np.flatnonzero(~mask)]
+    rejects = sharded.rejects_table([(i, "not_sampled", f"{cfg.method} draw") for i in rejected_ids], -1)
     tables.write_parquet(ctx.uri(STEP, "rejects.parquet"), rejects)
     counts_obj = manifest.counts(len(ids), len(sel), {"not_sampled": len(rejected_ids)})
     metrics = {"selected": len(sel), "max_over_median_before": stats["before"]["max_over_median"],

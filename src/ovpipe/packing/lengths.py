@@ -117,7 +117,7 @@ def process(ctx: Context, shards: str = "all", workers: int = 1, dataset: str = 
 
 
 def finalize(ctx: Context, dataset: str = "mid") -> dict:
-    tok_ref = {"uri": tokenizer_uri(ctx), "sha256": storage.sha256_uri(storage.join(tokenizer_uri(ctx),
-                                                                                     "tokenizer.json"))}
+    tok = tokenizer_uri(ctx)
+    tok_ref = {"uri": tok, "sha256": storage.sha256_uri(storage.join(tok, "tokenizer.json"))}
     return sharded.finalize(ctx, step_name("lengths", dataset), ["lengths"], len(dataset_shards(ctx, dataset)),
                             dataset_inputs(ctx, dataset) + [tok_ref], t_start=time.perf_counter())
