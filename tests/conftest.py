@@ -60,3 +60,16 @@ def s3_root(s3_env) -> str:
 
 
 # ---------------------------------------------------------------- more shared fixtures below
+
+
+@pytest.fixture(scope="session")
+def tok_dir(tmp_path_factory):
+    """A small byte-level BPE with the chat/vision special tokens, trained on caption-like text."""
+    import random
+
+    from ovpipe.packing.tokenizer import train_tokenizer
+
+    rng = random.Random(0)
+    words = "a an the red green blue circle square star cross on left right of gray ground number".split()
+    texts = [" ".join(rng.choice(words) for _ in range(12)) for _ in range(400)]
+    return train_tokenizer(texts, str(tmp_path_factory.mktemp("tok")), vocab_size=400)

@@ -88,6 +88,27 @@ def summary(ctx: Context, steps) -> str:
     return "\n".join(lines)
 
 
+def run_train(args, ctx: Context) -> int:
+    """`ovpipe train --stage S`: in this process, or under torchrun when the recipe asks for more processes."""
+    n = ctx.recipe.train.processes
+    if n > 1 and "RANK" not in os.environ:
+        import subprocess
+
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
+               "-m", "ovpipe.cli", "train", "--stage", args.stage, "--recipe", args.recipe, "--store", ctx.store,
+               "--run-id", ctx.run_id, *(f"--set={s}" for s in args.set)]
+        if args.input:
+            cmd.append(f"--input={args.input}")
+        return subprocess.call(cmd)
+    from ovpipe.train.loop import run_stage
+
+    body = run_stage(ctx.recipe, args.stage, ctx.store, ctx.run_id)
+    if body is not None:
+        print(json.dumps({"step": body["step"], "metrics": body["metrics"],
+                          "manifest": ctx.uri(body["step"], "manifest.json")}))
+    return 0
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", default=DEFAULT_RECIPE, help="recipe path or URI (default: %(default)s)")
     p.add_argument("--store", default=None, help="store URI: a folder or s3://bucket/prefix "
@@ -106,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--from", dest="first", choices=STEPS, default=None, help="first step to run")
     run.add_argument("--until", dest="last", choices=STEPS, default=None, help="last step to run")
     run.add_argument("--no-cache", action="store_true", help="disable kfp.local caching")
+    train = sub.add_parser("train", help="train one stage on megatron-core (torchrun when train.processes > 1)")
+    _common(train)
+    train.add_argument("--stage", required=True, choices=("stage1", "mid", "sft"))
     for step in STEPS:
         p = sub.add_parser(step, help=f"run the {step} step")
         _common(p)
@@ -134,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             run_local(args, ctx)
             return 0
+        if args.command == "train":
+            return run_train(args, ctx)
         mod = step_module(args.command)
         workers = args.workers or ctx.recipe.data.workers
         kw = {"dataset": args.dataset} if args.command in DATASET_STEPS else {}

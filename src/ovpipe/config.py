@@ -149,6 +149,87 @@ class PackingConfig:
 
 
 @dataclass
+class VisionConfig:
+    """RICE-ViT-compatible encoder (Hugging Face MLCD); patch and merge sizes come from `packing`."""
+    hidden_size: int = 1024
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 16
+    intermediate_size: int = 4096
+    weights: str | None = _file(help="MLCDVisionModel folder (path/URI), e.g. converted RICE-ViT; null = random")
+
+
+@dataclass
+class LLMConfig:
+    """Qwen3 as a megatron-core GPTModel (GQA, SwiGLU, RMSNorm, RoPE, qk-layernorm)."""
+    hidden_size: int = 2560
+    num_layers: int = 36
+    num_attention_heads: int = 32
+    num_query_groups: int = 8
+    head_dim: int = 128
+    ffn_hidden_size: int = 9728
+    rope_theta: float = 1_000_000.0
+    norm_eps: float = 1e-6
+    tie_embeddings: bool = True
+    max_position_embeddings: int = 40960
+    weights: str | None = _file(help="Qwen3ForCausalLM folder (path/URI); null = random init")
+
+
+@dataclass
+class ModelConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    init_std: float = 0.02  # random init (tiny recipes)
+
+
+@dataclass
+class StageConfig:
+    """One training stage: what trains, for how long, at what learning rate."""
+    steps: int = 100
+    lr: float = 1e-5
+    min_lr: float = 1e-6
+    warmup_steps: int = 10
+    trainable: str = "all"  # projector | all
+
+
+@dataclass
+class ClusterConfig:
+    """How a stage runs on Kubernetes: a Kubeflow Trainer v2 TrainJob (or a v1 PyTorchJob)."""
+    api: str = "trainjob"  # trainjob | pytorchjob
+    runtime: str = "ovpipe-torch"  # ClusterTrainingRuntime shipped in manifests/
+    image: str = "ghcr.io/ovpipe/ovpipe-train:0.1.0"
+    namespace: str = "kubeflow"
+    nodes: int = 1
+    gpus_per_node: int = 8
+    cpu: str = "32"
+    memory: str = "512Gi"
+    s3_secret: str = "ovpipe-s3"  # AWS_* and OVPIPE_S3_ENDPOINT, by reference
+    mlflow_secret: str = "ovpipe-mlflow"  # MLFLOW_TRACKING_URI (and credentials), by reference
+    timeout_s: int = 7 * 24 * 3600
+    poll_s: int = 30
+
+
+@dataclass
+class TrainConfig:
+    processes: int = 1  # local torchrun processes (gloo on CPU)
+    tensor_parallel: int = 1
+    pipeline_parallel: int = 1
+    micro_batch: int = 1  # packed sequences per micro-batch (concatenated as one THD stream)
+    global_batch: int = 8  # packed sequences per optimizer step, over all data-parallel ranks
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+    clip_grad: float = 1.0
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    distributed_optimizer: bool = False
+    checkpoint_every: int = 100
+    log_every: int = 10
+    stage1: StageConfig = field(default_factory=lambda: StageConfig(lr=1e-4, trainable="projector"))
+    mid: StageConfig = field(default_factory=StageConfig)
+    sft: StageConfig = field(default_factory=StageConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+
+@dataclass
 class Recipe:
     name: str = "recipe"
     seed: int = 0
@@ -160,6 +241,8 @@ class Recipe:
     caption: CaptionConfig = field(default_factory=CaptionConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
     packing: PackingConfig = field(default_factory=PackingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     source: str = ""  # where the recipe was read from (set by load_recipe)
 
     def to_dict(self) -> dict:
@@ -171,6 +254,8 @@ class Recipe:
         settings = {k: v for k, v in self.to_dict().items() if k not in ("source", "name")}
         # how work is split across tasks/processes never changes outputs
         settings["data"] = {k: v for k, v in settings["data"].items() if k not in ("workers", "group_size")}
+        settings["train"] = {k: v for k, v in settings["train"].items()
+                             if k not in ("processes", "cluster", "log_every", "checkpoint_every")}
         if step is not None:
             picked = {"seed": settings["seed"], "data": settings["data"]}
             for dotted in step_settings(step):
@@ -211,12 +296,20 @@ CHOICES = {
     "caption.dtype": {"auto", "float32", "bfloat16", "float16"},
     "filter.dedup": {"none", "exact", "near"},
     "packing.too_long": {"reject", "truncate"},
+    "train.precision": {"auto", "fp32", "bf16"},
+    "train.stage1.trainable": {"projector", "all"},
+    "train.mid.trainable": {"projector", "all"},
+    "train.sft.trainable": {"projector", "all"},
+    "train.cluster.api": {"trainjob", "pytorchjob"},
 }
 POSITIVE = {"data.group_size", "data.workers", "synth.shards", "synth.samples_per_shard",
             "embed.batch_size", "concepts.k", "concepts.nprobe", "caption.batch_size",
             "caption.max_new_tokens", "balance.target", "embed.decode_threads", "packing.capacity",
             "packing.patch_size", "packing.merge_size", "packing.min_pixels", "packing.max_pixels",
-            "packing.sequences_per_shard", "packing.tokenizer_vocab"}
+            "packing.sequences_per_shard", "packing.tokenizer_vocab", "train.processes", "train.tensor_parallel",
+            "train.pipeline_parallel", "train.micro_batch", "train.global_batch", "train.cluster.nodes",
+            "train.cluster.gpus_per_node", "model.llm.hidden_size", "model.llm.num_layers",
+            "model.vision.hidden_size", "model.vision.num_hidden_layers"}
 
 
 def _type_ok(value: Any, tp: Any) -> bool:
@@ -293,13 +386,11 @@ def _resolve_file(value: str, base_dir: str, path: str, problems: list[str]) -> 
 
 def _check_values(recipe: Recipe, problems: list[str]) -> None:
     for dotted, allowed in CHOICES.items():
-        section, key = dotted.split(".")
-        value = getattr(getattr(recipe, section), key)
+        value = _get(recipe, dotted)
         if value not in allowed:
             problems.append(f"{dotted}: {value!r} is not one of {sorted(allowed)}")
     for dotted in POSITIVE:
-        section, key = dotted.split(".")
-        value = getattr(getattr(recipe, section), key)
+        value = _get(recipe, dotted)
         if value is not None and value <= 0:
             problems.append(f"{dotted}: must be > 0, got {value}")
     for lang in recipe.caption.languages:
@@ -309,6 +400,12 @@ def _check_values(recipe: Recipe, problems: list[str]) -> None:
         problems.append(f"caption.model: required for backend {recipe.caption.backend!r}")
     if "{}" not in recipe.concepts.prompt_template:
         problems.append("concepts.prompt_template: must contain '{}' where the concept goes")
+
+
+def _get(obj, dotted: str):
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def _one_line(exc: Exception) -> str:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ovpipe.packing.tokenizer import SPECIAL
+from ovpipe.packing.wordcache import WordCache
 
 PLACEHOLDER = "<image>"
 ROLES = ("system", "user", "assistant")
@@ -55,7 +56,7 @@ class _Encoder:
         self.text.encode_special_tokens = True
         self.text.no_padding()
         self.text.no_truncation()
-        self.words = _WordCache(self.text)
+        self.words = WordCache(self.text)
         newline = self.encode(["\n"])[0]
         self.frames = {}  # role -> (opening segment, closing segment, newline segment, their length, mask)
         for role in ROLES:
@@ -73,68 +74,12 @@ class _Encoder:
     def encode(self, texts: list[str]) -> list[list[int]]:
         if not self.words.enabled:
             return self._tokenize(texts)
-        split = [self.words.split(t) for t in texts]
-        self.words.learn(split)
-        ids = self.words.ids
-        return [[i for w in words for i in ids[w]] for words in split]
+        return self.words.encode(texts)
 
     def count(self, texts: list[str]) -> np.ndarray:
         if not self.words.enabled:
             return np.array([len(ids) for ids in self._tokenize(texts)], np.int64)
-        split = [self.words.split(t) for t in texts]
-        self.words.learn(split)
-        n = self.words.n
-        return np.array([sum(n[w] for w in words) for words in split], np.int64)
-
-
-class _WordCache:
-    """Token ids per pre-token ("word"), learned from the tokenizer itself.
-
-    Byte-level BPE never merges across pre-token boundaries, so a text's ids are the concatenation of
-    its words' ids: splitting with the tokenizer's own pattern and caching each word's ids (asked of
-    the tokenizer once) gives the same ids several times faster. Used only for tokenizers of that
-    shape (NFC or no normalizer, ByteLevel regex pre-tokenizer, BPE) and only after a self-check on
-    probe texts; otherwise every text goes through the tokenizer.
-    """
-
-    PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-    PROBES = ["Hello,  world!  It's 3.14 -- ok?\n\n", "两个红色的圆 and a 蓝色 star 。", "  lead\tand trail  ",
-              "<|im_end|> <image> e\u0301 caf\u00e9 ﬁ 123abc x''y", "a   b\r\n c", "ＡＢＣ１２３ ！？"]
-
-    def __init__(self, tokenizer):
-        import json
-        import unicodedata
-
-        import regex
-
-        self.tokenizer = tokenizer
-        self.ids: dict[str, list[int]] = {}
-        self.n: dict[str, int] = {}
-        spec = json.loads(tokenizer.to_str())
-        pre, norm = spec.get("pre_tokenizer") or {}, spec.get("normalizer")
-        shape_ok = (spec.get("model", {}).get("type") == "BPE" and pre.get("type") == "ByteLevel"
-                    and pre.get("use_regex", True) and not pre.get("add_prefix_space", False)
-                    and norm in (None, {"type": "NFC"}))
-        self._nfc = (lambda s: unicodedata.normalize("NFC", s)) if norm else (lambda s: s)
-        self._pattern = regex.compile(self.PATTERN)
-        self.enabled = shape_ok
-        if self.enabled:  # the split must reproduce the tokenizer exactly, or it is not used
-            probes = self.PROBES
-            split = [self.split(t) for t in probes]
-            self.learn(split)
-            direct = [e.ids for e in tokenizer.encode_batch_fast(probes, add_special_tokens=False)]
-            self.enabled = direct == [[i for w in words for i in self.ids[w]] for words in split]
-
-    def split(self, text: str) -> list[str]:
-        return self._pattern.findall(self._nfc(text))
-
-    def learn(self, split: list[list[str]]) -> None:
-        new = sorted({w for words in split for w in words if w not in self.ids})
-        for i in range(0, len(new), _CHUNK):
-            encs = self.tokenizer.encode_batch_fast(new[i:i + _CHUNK], add_special_tokens=False)
-            for word, e in zip(new[i:i + _CHUNK], encs):
-                self.ids[word] = e.ids
-                self.n[word] = len(e.ids)
+        return np.array(self.words.count(texts), np.int64)
 
 
 _ENCODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # per tokenizer object (add no tokens later)

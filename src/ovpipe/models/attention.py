@@ -1,0 +1,53 @@
+"""Core attention over packed (THD) sequences for CPU, where Transformer Engine is absent.
+
+megatron-core's local DotProductAttention refuses packed sequences. This module takes its place in
+the layer spec: the same constructor and forward signature, THD inputs [tokens, heads, head_dim]
+with cu_seqlens, and causal scaled dot-product attention run segment by segment, so no token
+attends across sub-samples. Without packed_seq_params (a plain [s, b, h, d] batch) it is causal
+attention over each sequence.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from megatron.core.transformer.module import MegatronModule
+
+
+class PackedCausalAttention(MegatronModule):
+    def __init__(self, config, layer_number, attn_mask_type, attention_type, attention_dropout=None,
+                 softmax_scale=None, cp_comm_type=None, pg_collection=None):
+        super().__init__(config=config)
+        if attention_type != "self":
+            raise ValueError(f"PackedCausalAttention supports self-attention only, got {attention_type!r}")
+        self.dropout = config.attention_dropout if attention_dropout is None else attention_dropout
+        head_dim = config.kv_channels
+        self.scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(head_dim)
+
+    def _attend(self, q, k, v):
+        """q [heads, s, d], k/v [groups, s, d] -> [s, heads * d]; GQA by repeating key/value groups."""
+        if k.shape[0] != q.shape[0]:
+            k = k.repeat_interleave(q.shape[0] // k.shape[0], dim=0)
+            v = v.repeat_interleave(q.shape[0] // v.shape[0], dim=0)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        return out.transpose(0, 1).reshape(q.shape[1], -1)
+
+    def forward(self, query, key, value, attention_mask=None, attn_mask_type=None, attention_bias=None,
+                packed_seq_params=None):
+        if attention_bias is not None:
+            raise ValueError("attention_bias is not supported")
+        if packed_seq_params is None:  # [s, b, heads, d] -> [s, b, heads * d]
+            outs = [self._attend(query[:, b].transpose(0, 1), key[:, b].transpose(0, 1), value[:, b].transpose(0, 1))
+                    for b in range(query.shape[1])]
+            return torch.stack(outs, dim=1)
+        if packed_seq_params.qkv_format != "thd":
+            raise ValueError(f"packed sequences must be THD, got {packed_seq_params.qkv_format!r}")
+        cu_q = packed_seq_params.cu_seqlens_q.tolist()
+        cu_kv = packed_seq_params.cu_seqlens_kv.tolist()
+        if cu_q != cu_kv:
+            raise ValueError("self-attention over packed sequences needs cu_seqlens_q == cu_seqlens_kv")
+        q, k, v = (x.transpose(0, 1) for x in (query, key, value))  # [heads, t, d]
+        parts = [self._attend(q[:, a:b], k[:, a:b], v[:, a:b]) for a, b in zip(cu_q[:-1], cu_q[1:]) if b > a]
+        return torch.cat(parts, dim=0)  # [t, heads * d]; megatron reshapes it to [t, 1, h]

@@ -1,0 +1,103 @@
+"""Checkpoints: megatron dist_checkpointing, written locally, uploaded, then published atomically.
+
+Layout under a stage's folder:
+
+    checkpoints/step-00000100/...     dist_checkpointing files (+ train_state.json)
+    checkpoints/latest.json           {"step", "uri"}: written last, by rank 0, after every rank uploaded
+
+A checkpoint without `latest.json` pointing at it does not exist for a reader, so a crash during an
+upload never leaves a half checkpoint to resume from. Every rank writes its own files into a local
+temporary folder (nodes need not share a filesystem) and uploads them; loading downloads the whole
+folder on each rank. `train_state.json` holds the step, the scheduler, the data position and the
+MLflow run id.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import torch.distributed as dist
+
+from ovpipe import storage
+
+LATEST = "latest.json"
+
+
+def step_dir(root: str, step: int) -> str:
+    return storage.join(root, f"step-{step:08d}")
+
+
+def latest(root: str) -> dict | None:
+    uri = storage.join(root, LATEST)
+    return json.loads(storage.read_text(uri)) if storage.exists(uri) else None
+
+
+def _upload_tree(local: str, uri: str) -> None:
+    for base, _, files in os.walk(local):
+        for name in sorted(files):
+            path = os.path.join(base, name)
+            storage.put_file(path, storage.join(uri, os.path.relpath(path, local).replace(os.sep, "/")))
+
+
+def _download_tree(uri: str, local: str) -> None:
+    prefix = uri.rstrip("/") + "/"
+    for item in storage.list_uris(uri):
+        rel = item[len(prefix):] if item.startswith(prefix) else os.path.basename(item)
+        dest = os.path.join(local, *rel.split("/"))
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        with open(dest, "wb") as f:
+            f.write(storage.read_bytes(item))
+
+
+def _sharded_state(model, optimizer, *, loading: bool, with_optimizer: bool = True) -> dict:
+    model_sd = model.sharded_state_dict()
+    state = {"model": model_sd}
+    if with_optimizer and optimizer is not None:
+        state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=loading)
+    return state
+
+
+def save(root: str, step: int, model, optimizer, train_state: dict) -> str:
+    from megatron.core import dist_checkpointing
+
+    uri = step_dir(root, step)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    tmp = tempfile.mkdtemp(prefix="ovpipe-ckpt-")
+    try:
+        local = os.path.join(tmp, "ckpt")
+        os.makedirs(local)
+        dist_checkpointing.save(_sharded_state(model, optimizer, loading=False), local)
+        if rank == 0:
+            with open(os.path.join(local, "train_state.json"), "w") as f:
+                json.dump({**train_state, "step": step}, f, indent=2, sort_keys=True)
+        _upload_tree(local, uri)  # each rank its own files (rank 0 also the metadata)
+        if dist.is_initialized():
+            dist.barrier()
+        if rank == 0:
+            storage.write_text(storage.join(root, LATEST), json.dumps({"step": step, "uri": uri}))
+        if dist.is_initialized():
+            dist.barrier()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return uri
+
+
+def load(uri: str, model, optimizer=None) -> dict:
+    """Load a checkpoint folder into model (and optimizer when given); returns its train_state."""
+    from megatron.core import dist_checkpointing
+
+    tmp = tempfile.mkdtemp(prefix="ovpipe-ckpt-")
+    try:
+        _download_tree(uri, tmp)
+        state = dist_checkpointing.load(_sharded_state(model, optimizer, loading=True,
+                                                       with_optimizer=optimizer is not None), tmp)
+        model.load_state_dict(state["model"], strict=True)
+        if optimizer is not None:
+            optimizer.load_state_dict(state["optimizer"])
+        path = os.path.join(tmp, "train_state.json")
+        with open(path) as f:
+            return json.load(f)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
