@@ -189,6 +189,8 @@ class StageConfig:
     min_lr: float = 1e-6
     warmup_steps: int = 10
     trainable: str = "all"  # projector | all
+    data: str | None = _file(help="packed dataset folder (path/URI) to train on; null = this run's pack output "
+                                  "for the stage (pack-stage1, pack, pack-sft)")
 
 
 @dataclass

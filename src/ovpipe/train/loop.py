@@ -43,6 +43,10 @@ def export_uri(ctx: Context, stage: str) -> str:
     return ctx.uri(stage, "hf")
 
 
+def data_uri(ctx: Context, stage: str) -> str:
+    return getattr(ctx.recipe.train, stage).data or ctx.uri(step_name("pack", DATASET[stage]))
+
+
 # ---------------------------------------------------------------- setup
 
 def _free_port() -> int:
@@ -145,7 +149,7 @@ def setup(recipe: Recipe, stage: str, store: str, run_id: str) -> Trainer:
                                         lr_warmup_steps=warmup, lr_decay_steps=max(s.steps, 1),
                                         lr_decay_style="cosine", start_wd=t.weight_decay, end_wd=t.weight_decay,
                                         wd_incr_steps=max(s.steps, 1), wd_incr_style="constant")
-    data = StageData(ctx.uri(step_name("pack", DATASET[stage])), tok, recipe.packing, seed=recipe.seed,
+    data = StageData(data_uri(ctx, stage), tok, recipe.packing, seed=recipe.seed,
                      global_batch=t.global_batch, micro_batch=t.micro_batch, dp_rank=dp_rank, dp_size=dp_size)
     return Trainer(recipe, stage, ctx, ddp, optimizer, scheduler, data)
 
@@ -310,7 +314,8 @@ def _finish(tr: Trainer, tracker: Tracker, t_start: float, log) -> dict:
                "non_padding_fraction": sum(h["non_padding_fraction"] for h in hist) / len(hist),
                "mlflow_run_id": tracker.run_id}
     prev = PREVIOUS[stage]
-    inputs = [manifest.ref(ctx.uri(step_name("pack", DATASET[stage]), "manifest.json"))]
+    data_manifest = storage.join(data_uri(ctx, stage), "manifest.json")
+    inputs = [manifest.ref(data_manifest)] if storage.exists(data_manifest) else []
     if prev:
         inputs.append(manifest.ref(ctx.uri(prev, "manifest.json")))
     latest = checkpoint.latest(checkpoints_uri(ctx, stage))
