@@ -10,7 +10,7 @@ PIP_VERSION := 26.3
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: install run test compile bench lint clean
+.PHONY: install run run-stage test compile bench lint clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
@@ -28,6 +28,16 @@ ifeq ($(STORE),s3)
 		$(VENV)/bin/ovpipe run --recipe $(RECIPE) --store s3://ovpipe/runs --run-id $(RUN) $(ARGS)
 else
 	$(VENV)/bin/ovpipe run --recipe $(RECIPE) --store $(LOCAL_STORE) --run-id $(RUN) $(ARGS)
+endif
+
+# One training stage (stage1 | mid | sft) of an earlier run, from that run's outputs: make run-stage STAGE=mid RUN=tiny
+run-stage: install
+	@case "$(STAGE)" in stage1|mid|sft) ;; *) echo "STAGE must be stage1, mid or sft (got '$(STAGE)')"; exit 2;; esac
+ifeq ($(STORE),s3)
+	$(PY) -m ovpipe.s3server run --bucket ovpipe --dir $(CURDIR)/.ovpipe/s3 -- \
+		$(VENV)/bin/ovpipe run --recipe $(RECIPE) --store s3://ovpipe/runs --run-id $(RUN) --from $(STAGE) --until $(STAGE) $(ARGS)
+else
+	$(VENV)/bin/ovpipe run --recipe $(RECIPE) --store $(LOCAL_STORE) --run-id $(RUN) --from $(STAGE) --until $(STAGE) $(ARGS)
 endif
 
 test: install

@@ -53,7 +53,6 @@ import io
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -91,11 +90,11 @@ MODELS = {  # name -> recipe overrides, packing, length distribution (b)
                                    "intermediate_size": 1024}},
               "capacity": 2048, "seqs_per_step": 1, "lengths": (160, 2000, 400)},
 }
-RUNS = {  # (a) warm-up, timed steps; (b) samples; fixed padding on/off
-    "full": {"tiny": {"warmup": 3, "steps": 20, "samples": 160, "fixed": True},
-             "small": {"warmup": 2, "steps": 10, "samples": 64, "fixed": True}},
-    "quick": {"tiny": {"warmup": 2, "steps": 6, "samples": 48, "fixed": True},
-              "small": {"warmup": 1, "steps": 3, "samples": 24, "fixed": False}},
+RUNS = {  # (a) warm-up, timed steps; (b) samples, passes over them, fixed padding on/off; profiled steps
+    "full": {"tiny": {"warmup": 3, "steps": 24, "samples": 240, "epochs": 2, "fixed": True, "profile": 5},
+             "small": {"warmup": 2, "steps": 12, "samples": 48, "epochs": 1, "fixed": True, "profile": 3}},
+    "quick": {"tiny": {"warmup": 1, "steps": 4, "samples": 32, "epochs": 1, "fixed": True, "profile": 1},
+              "small": {"warmup": 1, "steps": 2, "samples": 16, "epochs": 1, "fixed": False, "profile": 1}},
 }
 
 
@@ -287,44 +286,47 @@ def _padded_forward_step(data_iterator, model):
     return losses, partial(_loss, batch.loss_mask)
 
 
-def ours_step(ddp, opt, batches: list, forward_step) -> float:
-    """What loop.train_step does with its micro-batches: the step's wall time."""
+def ours_step(ddp, opt, batches: list, forward_step) -> tuple[float, float]:
+    """What loop.train_step does with its micro-batches: the step's wall and CPU seconds."""
     from megatron.core.distributed import finalize_model_grads
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     ddp.config.finalize_model_grads_func = finalize_model_grads
     ddp.config.no_sync_func = ddp.no_sync
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     ddp.zero_grad_buffer()
     opt.zero_grad()
     get_forward_backward_func()(forward_step_func=forward_step, data_iterator=iter(batches), model=[ddp],
                                 num_microbatches=len(batches), seq_length=max(b.tokens for b in batches),
                                 micro_batch_size=1, forward_only=False)
     ok, _, _ = opt.step()
-    dt = time.perf_counter() - t0
+    dt = time.perf_counter() - t0, time.process_time() - c0
     if not ok:
         raise FloatingPointError("our optimizer skipped the step")
     return dt
 
 
-def hf_step(model, opt, batch: Padded, clip: float) -> float:
-    t0 = time.perf_counter()
+def hf_step(model, opt, batch: Padded, clip: float) -> tuple[float, float]:
+    t0, c0 = time.perf_counter(), time.process_time()
     opt.zero_grad(set_to_none=True)
     losses = model(batch)
     loss = (losses * batch.loss_mask).sum() / batch.loss_mask.sum()
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     opt.step()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
-def stats(times: list[float], tokens: list[int]) -> dict:
-    t = np.asarray(times)
+def stats(times: list[tuple[float, float]], tokens: list[int]) -> dict:
+    """Wall-clock step statistics; CPU seconds beside them (less sensitive to a shared machine's load,
+    though OpenMP threads that spin while waiting count too)."""
+    t, cpu = np.asarray(times).T
     per_step = np.asarray(tokens) / t
     return {"steps": len(times), "step_s_median": float(np.median(t)), "step_s_p10": float(np.percentile(t, 10)),
             "step_s_p90": float(np.percentile(t, 90)), "tokens_per_s_median": float(np.median(per_step)),
             "tokens_per_s_total": float(np.sum(tokens) / t.sum()), "real_tokens_per_step": float(np.mean(tokens)),
-            "step_s": [round(float(x), 4) for x in t]}
+            "cpu_s_median": float(np.median(cpu)), "tokens_per_cpu_s_total": float(np.sum(tokens) / cpu.sum()),
+            "step_s": [round(float(x), 4) for x in t], "cpu_s": [round(float(x), 4) for x in cpu]}
 
 
 # ---------------------------------------------------------------- (a) ours vs HF
@@ -373,8 +375,8 @@ def compare_hf(name: str, recipe, subs, tok, vocab, pad_id, run: dict) -> dict:
     clip = recipe.train.clip_grad
     for i in range(run["warmup"] + run["steps"]):
         j = i % len(mbs)
-        sides = [("ours", lambda: ours_step(ddp, opt, [mbs[j]], _forward_step)),
-                 ("hf", lambda: hf_step(hf, hf_opt, rows[j], clip))]
+        sides = [("ours", partial(ours_step, ddp, opt, [mbs[j]], _forward_step)),
+                 ("hf", partial(hf_step, hf, hf_opt, rows[j], clip))]
         for side, fn in (sides if i % 2 == 0 else sides[::-1]):
             dt = fn()
             if i >= run["warmup"]:
@@ -383,16 +385,29 @@ def compare_hf(name: str, recipe, subs, tok, vocab, pad_id, run: dict) -> dict:
             tokens.append(mbs[j].tokens)
     res = {side: stats(t, tokens) for side, t in times.items()}
     ratio = res["ours"]["tokens_per_s_median"] / res["hf"]["tokens_per_s_median"]
+    cpu_ratio = res["ours"]["tokens_per_cpu_s_total"] / res["hf"]["tokens_per_cpu_s_total"]
     return {"micro_batches": len(mbs), "sequences_per_step": k, "capacity": recipe.packing.capacity,
             "real_tokens_per_step": float(np.mean([m.tokens for m in mbs])),
             "subsamples_per_step": float(np.mean([len(m.cu_seqlens) - 1 for m in mbs])),
             "images_per_step": float(np.mean([len(m.images) for m in mbs])),
             "hf_padding_fraction": float(1 - sum(r.real_tokens for r in rows) / sum(r.tokens for r in rows)),
             "parity": check, **res, "ratio_ours_over_hf": ratio, "meets_target": bool(ratio >= TARGET),
+            "ratio_ours_over_hf_cpu_time": cpu_ratio,
             "warmup_steps": run["warmup"]}
 
 
 # ---------------------------------------------------------------- (b) packed vs padded
+
+def padded_parity(ddp, mb: MicroBatch, rows: Padded) -> float:
+    """Per-token losses of the same samples as one THD stream and as padded rows (same weights)."""
+    from ovpipe.train.loop import _forward_step
+
+    with torch.no_grad():
+        packed, _ = _forward_step(iter([mb]), ddp)
+        padded, _ = _padded_forward_step(iter([rows]), ddp)
+    keep = mb.labels[0] != IGNORE
+    return float((packed[0][keep] - padded[rows.labels != IGNORE]).abs().max())
+
 
 def packed_vs_padded(name: str, recipe, subs, tok, vocab, pad_id, run: dict) -> dict:
     from ovpipe.train.loop import _forward_step
@@ -414,42 +429,59 @@ def packed_vs_padded(name: str, recipe, subs, tok, vocab, pad_id, run: dict) -> 
         modes["padded_fixed"] = [to_rows(mb, ends, fill, width=cap) for mb, ends in padded]
     models = {m: build_ours(recipe, vocab, pad_id) for m in modes}
     fwd = {"packed": _forward_step, "padded": _padded_forward_step, "padded_fixed": _padded_forward_step}
+    check = padded_parity(models["padded"][0], padded[0][0], modes["padded"][0])
     for m, batches in modes.items():  # warm-up: one step per mode, not counted
         ours_step(*models[m], [batches[0]], fwd[m])
     times = {m: [] for m in modes}
-    for j in range(max(len(b) for b in modes.values())):  # round-robin over the modes
-        for m, batches in modes.items():
-            if j < len(batches):
-                times[m].append(ours_step(*models[m], [batches[j]], fwd[m]))
+    for _ in range(run["epochs"]):
+        for j in range(max(len(b) for b in modes.values())):  # round-robin over the modes
+            for m, batches in modes.items():
+                if j < len(batches):
+                    times[m].append(ours_step(*models[m], [batches[j]], fwd[m]))
     real = sum(s["length"] for s in subs)
-    res = {"samples": len(subs), "real_tokens": real, "capacity": cap,
+    res = {"samples": len(subs), "real_tokens": real, "capacity": cap, "max_abs_diff_padded_vs_packed_loss": check,
            "lengths_p10_50_90_max": np.percentile([s["length"] for s in subs], [10, 50, 90, 100]).tolist()}
     for m, batches in modes.items():
-        toks = [b.tokens if m == "packed" else b.real_tokens for b in batches]
+        toks = [b.tokens if m == "packed" else b.real_tokens for b in batches] * run["epochs"]
         computed = sum(b.tokens for b in batches)
-        res[m] = {**stats(times[m], toks), "optimizer_steps": len(batches),
+        res[m] = {**stats(times[m], toks), "optimizer_steps_per_epoch": len(batches),
                   "samples_per_step": len(subs) / len(batches), "computed_tokens": computed,
                   "padding_fraction": 1 - real / computed,
                   "padding_fraction_of_capacity": 1 - real / (len(bins) * cap) if m == "packed" else None}
     for m in modes:
         if m != "packed":
             res[f"ratio_packed_over_{m}"] = res["packed"]["tokens_per_s_total"] / res[m]["tokens_per_s_total"]
+            res[f"ratio_packed_over_{m}_cpu_time"] = (res["packed"]["tokens_per_cpu_s_total"]
+                                                      / res[m]["tokens_per_cpu_s_total"])
     return res
 
 
 # ---------------------------------------------------------------- profile
 
-def profile(recipe, subs, tok, vocab, pad_id, steps: int) -> dict:
-    """Where our step's time goes: manual step (the schedule's pieces) under torch.profiler."""
+def profile(name: str, recipe, subs, tok, vocab, pad_id, steps: int) -> dict:
+    """Where our step's time goes: the schedule's pieces called by hand, timed, then torch.profiler."""
     from megatron.core.distributed import finalize_model_grads
     from megatron.core.packed_seq_params import PackedSeqParams
     from torch.profiler import ProfilerActivity, record_function
     from torch.profiler import profile as torch_profile
 
-    bins = pack_into(subs, recipe.packing.capacity)
-    mb = build_micro_batch([record(bins[0])], tok, recipe.packing)
+    bins = pack_into(subs, recipe.packing.capacity)[:-1]
+    k = MODELS[name]["seqs_per_step"]
+    groups = sorted([bins[i:i + k] for i in range(0, len(bins) - k + 1, k)], key=lambda g: sum(map(len, g)))
+    mb = build_micro_batch([record(b) for b in groups[len(groups) // 2]], tok, recipe.packing)  # a typical one
     ddp, opt = build_ours(recipe, vocab, pad_id)
     vlm = ddp.module
+    from ovpipe.models.attention import PackedCausalAttention
+
+    hooked = {"core attention (PackedCausalAttention, fwd)": [m for m in vlm.modules()
+                                                             if isinstance(m, PackedCausalAttention)],
+              "vision encoder (MLCD, fwd)": [vlm.vision.encoder], "projector (fwd)": [vlm.vision.projector]}
+    inside: dict = {}
+    for tag, mods in hooked.items():
+        for m in mods:
+            m.register_forward_pre_hook(lambda mod, a, tag=tag: inside.__setitem__(tag, time.perf_counter()))
+            m.register_forward_hook(lambda mod, a, o, tag=tag: regions.setdefault(f"  of which {tag}", []).append(
+                time.perf_counter() - inside[tag]))
     psp = PackedSeqParams(qkv_format="thd", cu_seqlens_q=mb.cu_seqlens, cu_seqlens_kv=mb.cu_seqlens,
                           max_seqlen_q=mb.max_seqlen, max_seqlen_kv=mb.max_seqlen)
     labels = mb.labels.clamp(min=0)
@@ -478,7 +510,8 @@ def profile(recipe, subs, tok, vocab, pad_id, steps: int) -> dict:
     regions.clear()
     for _ in range(steps):
         step(False)
-    wall = {k: float(np.median(v)) for k, v in regions.items()}
+    wall = {k: float(np.median(v)) if not k.startswith(" ") else float(np.sum(v)) / steps
+            for k, v in regions.items()}
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         step(True)
     events = prof.key_averages()
@@ -486,7 +519,7 @@ def profile(recipe, subs, tok, vocab, pad_id, steps: int) -> dict:
     top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:15]
     sdpa = [e for e in events if "scaled_dot_product" in e.key]
     return {"tokens": mb.tokens, "subsamples": len(mb.cu_seqlens) - 1, "images": len(mb.images),
-            "region_seconds_median": wall, "step_seconds": sum(wall.values()),
+            "region_seconds_median": wall, "step_seconds": sum(v for k, v in wall.items() if not k.startswith(" ")),
             "top_ops_self_cpu": [{"op": e.key, "self_cpu_s": e.self_cpu_time_total / 1e6, "calls": e.count,
                                   "share": e.self_cpu_time_total / total_self} for e in top],
             "sdpa_calls": {e.key: e.count for e in sdpa}}
@@ -524,7 +557,7 @@ def _print_b(name: str, r: dict) -> None:
             continue
         s = r[m]
         ratio = r.get(f"ratio_packed_over_{m}", 1.0)
-        print(f"{m:<14}{s['tokens_per_s_total']:>11,.0f}{s['optimizer_steps']:>7}{s['samples_per_step']:>10.1f}"
+        print(f"{m:<14}{s['tokens_per_s_total']:>11,.0f}{s['optimizer_steps_per_epoch']:>7}{s['samples_per_step']:>10.1f}"
               f"{s['padding_fraction']:>9.1%}{s['step_s_median']:>10.3f}{s['step_s_p10']:>8.3f}{s['step_s_p90']:>8.3f}"
               f"{ratio:>10.2f}")
 
@@ -575,9 +608,10 @@ def main() -> None:
         name = "small" if "small" in names else names[0]
         recipe = recipe_for(name)
         lo, hi, median = MODELS[name]["lengths"]
-        subs = make_samples(3 * recipe.packing.capacity // median, lo, hi, median, recipe.packing.capacity, tok,
-                            words, recipe.packing, args.seed + 3)
-        prof = {"model": name, **profile(recipe, subs, tok, vocab, pad_id, 1 if args.quick else 3)}
+        cap = recipe.packing.capacity
+        subs = make_samples(6 * MODELS[name]["seqs_per_step"] * cap // median, lo, hi, median, cap, tok, words,
+                            recipe.packing, args.seed + 3)
+        prof = {"model": name, **profile(name, recipe, subs, tok, vocab, pad_id, runs[name]["profile"])}
         loads.append(os.getloadavg())
         print(f"\nprofile of our step ({name}, {prof['tokens']} tokens, {prof['subsamples']} sub-samples, "
               f"{prof['images']} images): {prof['step_seconds']:.3f} s")

@@ -9,8 +9,9 @@ from kfp import compiler
 from pipelines.curation import curation
 from pipelines.full import full
 from pipelines.packing import packing
+from pipelines.training import training
 
-PIPELINES = {"curation": curation, "packing": packing, "full": full}
+PIPELINES = {"curation": curation, "packing": packing, "training": training, "full": full}
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "compiled")
 
 

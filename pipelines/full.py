@@ -3,8 +3,9 @@ from kfp import dsl
 
 from pipelines.curation import curation_dag
 from pipelines.packing import packing_dag
+from pipelines.training import STAGES, training_dag
 
-STEPS = ("synth", "embed", "concepts", "balance", "caption", "filter", "lengths", "pack")
+STEPS = ("synth", "embed", "concepts", "balance", "caption", "filter", "lengths", "pack", *STAGES)
 CURATION = STEPS[:6]
 
 
@@ -14,13 +15,17 @@ def full_dag(recipe: str, store: str, run_id: str, overrides: str, steps=STEPS, 
     if set(steps) & set(CURATION):
         curated = curation_dag(steps=tuple(s for s in steps if s in CURATION), caption_gpus=caption_gpus, **a)
     packing = tuple(s for s in steps if s in ("synth", "lengths", "pack"))
+    packed = {}
     if set(packing) - {"synth"}:
-        packing_dag(dataset="mid", after=curated, steps=packing, **a)
+        packed["mid"] = packing_dag(dataset="mid", after=curated, steps=packing, **a)
     for dataset in ("stage1", "sft"):
-        packing_dag(dataset=dataset, steps=packing, **a)
+        packed[dataset] = packing_dag(dataset=dataset, steps=packing, **a)
+    stages = tuple(s for s in steps if s in STAGES)
+    if stages:
+        training_dag(stages=stages, after=packed if packing else None, **a)
 
 
-@dsl.pipeline(name="ovpipe-full", description="Curation and packing (training and evaluation come next)")
+@dsl.pipeline(name="ovpipe-full", description="Curation, packing and the three training stages")
 def full(recipe: str = "configs/recipes/ov15-8b.yaml", store: str = "s3://ovpipe/runs", run_id: str = "ov15-8b",
          overrides: str = "{}", caption_gpus: int = 4):
     full_dag(recipe, store, run_id, overrides, caption_gpus=caption_gpus)

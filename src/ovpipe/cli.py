@@ -9,13 +9,12 @@ import os
 import sys
 import time
 
-import yaml
-
 from ovpipe import storage
 from ovpipe.config import ConfigError, load_recipe
 from ovpipe.sharded import Context
 
 STEPS = ("synth", "embed", "concepts", "balance", "caption", "filter", "lengths", "pack")
+STAGES = ("stage1", "mid", "sft")
 DATASET_STEPS = ("synth", "lengths", "pack")  # run per dataset: mid (curated), stage1, sft
 MODULES = {"synth": "ovpipe.data.corpus", "lengths": "ovpipe.packing.lengths", "pack": "ovpipe.packing.pack"}
 DEFAULT_RECIPE = "configs/recipes/tiny.yaml"
@@ -57,9 +56,9 @@ def run_local(args, ctx: Context) -> None:
                         ctx.run_id, "_kfp")
     # The tasks read the resolved recipe (overrides applied) from a content-addressed copy, so
     # kfp.local's cache, keyed on parameters, never serves results made with other settings.
-    resolved = yaml.safe_dump({k: v for k, v in ctx.recipe.to_dict().items() if k != "source"}, sort_keys=True)
-    recipe = storage.join(ctx.store, ctx.run_id, "_recipes", f"{storage.sha256_bytes(resolved.encode())[:16]}.yaml")
-    storage.write_text(recipe, resolved)
+    from ovpipe.tasks import write_resolved_recipe
+
+    recipe = write_resolved_recipe(ctx)
     t0 = time.perf_counter()
     local.run(recipe, ctx.store, ctx.run_id, "{}", steps, root, cache=not args.no_cache)
     print(f"\novpipe: {', '.join(steps)} finished in {time.perf_counter() - t0:.0f} s")
@@ -83,6 +82,10 @@ def summary(ctx: Context, steps) -> str:
             p = body["packing"]
             lines.append(f"  {'':14s} {p['bins']} sequences (lower bound {p['lower_bound']}), efficiency "
                          f"{p['efficiency']:.3%}, {p['compression']:.1f} samples per sequence")
+        if step in STAGES:
+            m = body["metrics"]
+            lines.append(f"  {'':14s} loss {m['loss_first']:.3f} -> {m['loss_last']:.3f} in {m['steps']} steps, "
+                         f"{m['tokens_per_second']:,.0f} tokens/s; export: {ctx.uri(step, 'hf')}")
         lines.append(f"  {'':14s} manifest: {uri}")
         lines += [f"  {'':14s} plot: {p}" for p in body.get("plots", [])]
     return "\n".join(lines)
@@ -90,19 +93,10 @@ def summary(ctx: Context, steps) -> str:
 
 def run_train(args, ctx: Context) -> int:
     """`ovpipe train --stage S`: in this process, or under torchrun when the recipe asks for more processes."""
-    n = ctx.recipe.train.processes
-    if n > 1 and "RANK" not in os.environ:
-        import subprocess
+    from ovpipe.train.loop import train_locally
 
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
-               "-m", "ovpipe.cli", "train", "--stage", args.stage, "--recipe", args.recipe, "--store", ctx.store,
-               "--run-id", ctx.run_id, *(f"--set={s}" for s in args.set)]
-        if args.input:
-            cmd.append(f"--input={args.input}")
-        return subprocess.call(cmd)
-    from ovpipe.train.loop import run_stage
-
-    body = run_stage(ctx.recipe, args.stage, ctx.store, ctx.run_id)
+    sets = args.set + ([f"data.input={args.input}"] if args.input else [])
+    body = train_locally(ctx, args.stage, args.recipe, sets)
     if body is not None:
         print(json.dumps({"step": body["step"], "metrics": body["metrics"],
                           "manifest": ctx.uri(body["step"], "manifest.json")}))
@@ -124,12 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the pipeline locally through kfp.local")
     _common(run)
-    run.add_argument("--from", dest="first", choices=STEPS, default=None, help="first step to run")
-    run.add_argument("--until", dest="last", choices=STEPS, default=None, help="last step to run")
+    run.add_argument("--from", dest="first", choices=STEPS + STAGES, default=None, help="first step to run")
+    run.add_argument("--until", dest="last", choices=STEPS + STAGES, default=None, help="last step to run")
     run.add_argument("--no-cache", action="store_true", help="disable kfp.local caching")
     train = sub.add_parser("train", help="train one stage on megatron-core (torchrun when train.processes > 1)")
     _common(train)
-    train.add_argument("--stage", required=True, choices=("stage1", "mid", "sft"))
+    train.add_argument("--stage", required=True, choices=STAGES)
     for step in STEPS:
         p = sub.add_parser(step, help=f"run the {step} step")
         _common(p)

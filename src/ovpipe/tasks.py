@@ -98,3 +98,40 @@ def publish(body: dict | None, dataset_path: str | None = None, metadata: dict |
         for key, value in {**summary, **body.get("metrics", {})}.items():
             if isinstance(value, (int, float)) and value == value:  # KFP metrics are numbers, NaN-free
                 metrics.log_metric(key, float(value))
+
+
+def on_kubernetes() -> bool:
+    """True inside a pod (the KFP task on a cluster); kfp.local tasks run as local processes."""
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+
+
+def train(stage: str, recipe: str, store: str, run_id: str, overrides: str) -> dict:
+    """A training stage: locally (in-process or torchrun), or on a cluster as a TrainJob/PyTorchJob that
+    this task creates, watches and fails with. Returns the stage's manifest."""
+    from ovpipe import storage
+    from ovpipe.train import launch
+
+    ctx = context(recipe, store, run_id, overrides)
+    if on_kubernetes():
+        # every node reads the same resolved recipe (overrides applied), content-addressed in the store
+        uri = write_resolved_recipe(ctx)
+        job = launch.build_job(ctx.recipe, stage, run_id=ctx.run_id, store=ctx.store, recipe_uri=uri)
+        storage.write_text(ctx.uri(stage, "job.yaml"), launch.to_yaml(job))
+        c = ctx.recipe.train.cluster
+        launch.submit_and_wait(job, timeout_s=c.timeout_s, poll_s=c.poll_s)
+    else:
+        from ovpipe.train.loop import train_locally
+
+        train_locally(ctx, stage, recipe, json.loads(overrides or "{}"))
+    return storage.read_json(ctx.uri(stage, "manifest.json"))
+
+
+def write_resolved_recipe(ctx: Context) -> str:
+    import yaml
+
+    from ovpipe import storage
+
+    resolved = yaml.safe_dump({k: v for k, v in ctx.recipe.to_dict().items() if k != "source"}, sort_keys=True)
+    uri = storage.join(ctx.store, ctx.run_id, "_recipes", f"{storage.sha256_bytes(resolved.encode())[:16]}.yaml")
+    storage.write_text(uri, resolved)
+    return uri

@@ -331,3 +331,23 @@ def _finish(tr: Trainer, tracker: Tracker, t_start: float, log) -> dict:
     log(f"[{stage}] loss {metrics['loss_first']:.4f} -> {metrics['loss_last']:.4f} over {metrics['steps']} steps; "
         f"export {export_uri(ctx, stage)}")
     return m
+
+
+def train_locally(ctx: Context, stage: str, recipe_uri: str, overrides: list[str] | dict) -> dict | None:
+    """Run a stage on this machine: in this process, or under torchrun (gloo on CPU) when the recipe
+    asks for train.processes > 1 and we are not already one of torchrun's workers."""
+    n = ctx.recipe.train.processes
+    if n > 1 and "RANK" not in os.environ:
+        import json
+        import subprocess
+        import sys
+
+        sets = [f"{k}={json.dumps(v)}" for k, v in overrides.items()] if isinstance(overrides, dict) else overrides
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
+               "-m", "ovpipe.cli", "train", "--stage", stage, "--recipe", recipe_uri, "--store", ctx.store,
+               "--run-id", ctx.run_id, *(f"--set={s}" for s in sets)]
+        code = subprocess.call(cmd)
+        if code:
+            raise RuntimeError(f"torchrun ({n} processes) for stage {stage} exited with code {code}")
+        return storage.read_json(ctx.uri(stage, "manifest.json"))
+    return run_stage(ctx.recipe, stage, ctx.store, ctx.run_id)
