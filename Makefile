@@ -52,6 +52,7 @@ bench: install
 	$(PY) bench/balance_bench.py
 	$(PY) bench/pack_bench.py --full
 	$(PY) bench/lengths_bench.py
+	$(PY) bench/train_bench.py
 
 lint: install
 	$(VENV)/bin/ruff check src components pipelines tests bench

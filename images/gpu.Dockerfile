@@ -16,7 +16,9 @@ FROM ghcr.io/astral-sh/uv:0.13.8 AS uv
 
 # ---------------------------------------------------------------------------------------------------
 # build: CPython + a virtual environment in /opt/venv with the pinned dependencies, then ovpipe.
-FROM nvidia/cuda:13.0.2-runtime-ubuntu22.04 AS build
+# devel: transformer-engine-torch compiles its PyTorch extension against the installed torch (nvcc,
+# CUDA headers); the runtime stage below copies only the resulting venv.
+FROM nvidia/cuda:13.0.2-cudnn-devel-ubuntu22.04 AS build
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ARG PYTHON_VERSION=3.11.14
@@ -32,9 +34,9 @@ RUN uv python install "${PYTHON_VERSION}" \
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 
-# Extras of ovpipe to install: `gpu` = faiss-gpu. The `vllm` extra (caption.backend=vllm) cannot be
+# Extras of ovpipe to install: `gpu` = faiss-gpu, `train` = Transformer Engine (the training stages). The `vllm` extra (caption.backend=vllm) cannot be
 # added while its vllm pin requires another torch/transformers than the ones pinned here.
-ARG OVPIPE_EXTRAS=gpu
+ARG OVPIPE_EXTRAS=gpu,train
 
 # Dependencies first, read from pyproject.toml alone, so that a code change reuses this layer.
 # constraints.txt is the `pip freeze` of the environment tested together (../shared/DESIGN.md).

@@ -10,13 +10,26 @@ from tests.helpers import SMALL, TINY, data_digests, run_all, small_context
 
 PACKED = ("lengths", "pack", "synth-stage1", "lengths-stage1", "pack-stage1", "synth-sft", "lengths-sft", "pack-sft")
 ALL = ("synth", "embed", "concepts", "balance", "caption", "filter") + PACKED
+STAGES = ("stage1", "mid", "sft")
+FEW_STEPS = [f"train.{s}.{k}={v}" for s in STAGES for k, v in (("steps", 2), ("warmup_steps", 0))]
 
 
 def _run(store: str, run_id: str = "kfp") -> None:
     args = ["run", "--recipe", TINY, "--store", store, "--run-id", run_id, "--no-cache"]
     # one task per loop (outputs do not depend on the grouping): kfp.local starts a process per task
-    args += sum((["--set", s] for s in SMALL + ["data.group_size=4"]), [])
+    args += sum((["--set", s] for s in SMALL + FEW_STEPS + ["data.group_size=4"]), [])
     assert main(args) == 0
+
+
+def _trained(store: str) -> None:
+    """The three stages ran on the packed data, each leaving a manifest with its metrics and an HF export."""
+    from ovpipe import storage
+
+    for stage in STAGES:
+        body = storage.read_json(storage.join(store, "kfp", stage, "manifest.json"))
+        assert body["metrics"]["steps"] == 2 and body["metrics"]["loss_last"] > 0
+        assert storage.exists(storage.join(store, "kfp", stage, "hf", "llm", "model.safetensors"))
+        assert storage.exists(storage.join(store, "kfp", stage, "checkpoints", "latest.json"))
 
 
 @pytest.fixture(scope="module")
@@ -33,18 +46,21 @@ def test_local_pipeline_on_a_folder_matches_direct_steps(direct, tmp_path, monke
     monkeypatch.chdir(tmp_path)
     _run(str(tmp_path / "store"))
     out = capsys.readouterr().out
-    assert "filter" in out and "manifest.json" in out and "balance.png" in out
+    assert "filter" in out and "manifest.json" in out and "balance.png" in out and "loss" in out
     assert data_digests(small_context(str(tmp_path / "store"), run_id="kfp"), ALL) == direct
+    _trained(str(tmp_path / "store"))
 
 
 def test_local_pipeline_on_seaweedfs_matches_folder_store(direct, s3_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _run(s3_root)
     assert data_digests(small_context(s3_root, run_id="kfp"), ALL) == direct
+    _trained(s3_root)  # the loader streamed from S3, checkpoints and exports went there
 
 
 def test_step_ranges():
-    assert select_steps("balance", None) == ("balance", "caption", "filter", "lengths", "pack")
+    assert select_steps("balance", None) == ("balance", "caption", "filter", "lengths", "pack", *STAGES)
+    assert select_steps("mid", "mid") == ("mid",)
     assert select_steps(None, "embed") == ("synth", "embed")
     with pytest.raises(ValueError):
         select_steps("filter", "embed")

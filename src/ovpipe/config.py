@@ -198,7 +198,7 @@ class ClusterConfig:
     """How a stage runs on Kubernetes: a Kubeflow Trainer v2 TrainJob (or a v1 PyTorchJob)."""
     api: str = "trainjob"  # trainjob | pytorchjob
     runtime: str = "ovpipe-torch"  # ClusterTrainingRuntime shipped in manifests/
-    image: str = "ghcr.io/ovpipe/ovpipe-train:0.1.0"
+    image: str = "ghcr.io/ovpipe/ovpipe-gpu:0.1.0"  # images/gpu.Dockerfile (with the `train` extra)
     namespace: str = "kubeflow"
     nodes: int = 1
     gpus_per_node: int = 8

@@ -49,7 +49,7 @@ def layer_spec(on_gpu: bool):
 
     if on_gpu:
         if not transformer_engine_available():
-            raise RuntimeError("GPU training needs Transformer Engine (the ovpipe-train image has it)")
+            raise RuntimeError("GPU training needs Transformer Engine (the ovpipe-gpu image has it: the `train` extra)")
         return specs.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=True)
     from ovpipe.models.attention import PackedCausalAttention
 
