@@ -41,14 +41,16 @@ before any timing: a timed step is forward + backward + optimizer step, as `trai
 A torch-profiler breakdown of our step ("small") follows: vision tower, LLM forward, backward,
 optimizer, and the top ops by self CPU time.
 
-    python bench/train_bench.py            # full: ~10-15 min on 2 cores
-    python bench/train_bench.py --quick    # fewer steps and samples, (b) on tiny only: ~2-3 min
+    python bench/train_bench.py            # full: ~6 min on 2 idle cores (11 min at load average 5)
+    python bench/train_bench.py --quick    # fewer steps and samples, (b) on tiny only: ~1.5-3 min
+    python bench/train_bench.py --models small --parts profile    # one part, one size
 
 Writes bench/results/train.json (train_quick.json with --quick; --out to choose).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import io
@@ -168,7 +170,6 @@ class Padded:
     loss_mask: torch.Tensor
     images: list
     real_tokens: int
-    samples: int
 
     @property
     def tokens(self) -> int:
@@ -190,7 +191,7 @@ def to_rows(mb: MicroBatch, row_ends: list[int], fill_id: int, width: int | None
         ids[r, :n], labels[r, :n] = mb.input_ids[0, a:e], mb.labels[0, a:e]
         mask[r, :n], pos[r, :n] = mb.loss_mask[0, a:e], mb.position_ids[0, a:e]
         pos[r, n:] = torch.arange(width - n)
-    return Padded(ids, pos, labels, mask, mb.images, int(row_ends[-1]), mb.sequences)
+    return Padded(ids, pos, labels, mask, mb.images, int(row_ends[-1]))
 
 
 # ---------------------------------------------------------------- models
@@ -482,11 +483,15 @@ def profile(name: str, recipe, subs, tok, vocab, pad_id, steps: int) -> dict:
                                                              if isinstance(m, PackedCausalAttention)],
               "vision encoder (MLCD, fwd)": [vlm.vision.encoder], "projector (fwd)": [vlm.vision.projector]}
     inside: dict = {}
+    in_step: dict = {}  # module time summed over this step's calls
+
+    def post(tag):
+        in_step[tag] = in_step.get(tag, 0.0) + time.perf_counter() - inside[tag]
+
     for tag, mods in hooked.items():
         for m in mods:
             m.register_forward_pre_hook(lambda mod, a, tag=tag: inside.__setitem__(tag, time.perf_counter()))
-            m.register_forward_hook(lambda mod, a, o, tag=tag: regions.setdefault(f"  of which {tag}", []).append(
-                time.perf_counter() - inside[tag]))
+            m.register_forward_hook(lambda mod, a, o, tag=tag: post(tag))
     psp = PackedSeqParams(qkv_format="thd", cu_seqlens_q=mb.cu_seqlens, cu_seqlens_kv=mb.cu_seqlens,
                           max_seqlen_q=mb.max_seqlen, max_seqlen_kv=mb.max_seqlen)
     labels = mb.labels.clamp(min=0)
@@ -495,7 +500,7 @@ def profile(name: str, recipe, subs, tok, vocab, pad_id, steps: int) -> dict:
     def step(prof: bool):
         def timed(tag, fn):
             t0 = time.perf_counter()
-            with record_function(tag) if prof else _null():
+            with record_function(tag) if prof else contextlib.nullcontext():
                 out = fn()
             regions.setdefault(tag, []).append(time.perf_counter() - t0)
             return out
@@ -510,13 +515,20 @@ def profile(name: str, recipe, subs, tok, vocab, pad_id, steps: int) -> dict:
         timed("3 backward (all)", total.backward)
         timed("4 finalize grads (DDP)", lambda: finalize_model_grads([ddp], mb.loss_mask.sum().to(torch.int)))
         timed("5 optimizer step (clip + Adam)", opt.step)
+        for tag, v in in_step.items():
+            regions.setdefault(f"  of which {tag}", []).append(v)
+        in_step.clear()
 
     step(False)
     regions.clear()
     for _ in range(steps):
         step(False)
-    wall = {k: float(np.median(v)) if not k.startswith(" ") else float(np.sum(v)) / steps
-            for k, v in regions.items()}
+    under = {"vision": 1.1, "projector": 1.2, "core attention": 2.1}  # sub-regions after their region
+
+    def order(key: str) -> float:
+        return next((v for w, v in under.items() if w in key), 0) if key.startswith(" ") else float(key[0])
+
+    wall = {k: float(np.median(regions[k])) for k in sorted(regions, key=order)}
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         step(True)
     events = prof.key_averages()
@@ -528,14 +540,6 @@ def profile(name: str, recipe, subs, tok, vocab, pad_id, steps: int) -> dict:
             "top_ops_self_cpu": [{"op": e.key, "self_cpu_s": e.self_cpu_time_total / 1e6, "calls": e.count,
                                   "share": e.self_cpu_time_total / total_self} for e in top],
             "sdpa_calls": {e.key: e.count for e in sdpa}}
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 # ---------------------------------------------------------------- main

@@ -7,11 +7,13 @@ import sys
 from kfp import compiler
 
 from pipelines.curation import curation
+from pipelines.evaluation import evaluation
 from pipelines.full import full
 from pipelines.packing import packing
 from pipelines.training import training
 
-PIPELINES = {"curation": curation, "packing": packing, "training": training, "full": full}
+PIPELINES = {"curation": curation, "packing": packing, "training": training, "evaluation": evaluation,
+             "full": full}
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "compiled")
 
 

@@ -2,10 +2,11 @@
 from kfp import dsl
 
 from pipelines.curation import curation_dag
+from pipelines.evaluation import eval_task
 from pipelines.packing import packing_dag
 from pipelines.training import STAGES, training_dag
 
-STEPS = ("synth", "embed", "concepts", "balance", "caption", "filter", "lengths", "pack", *STAGES)
+STEPS = ("synth", "embed", "concepts", "balance", "caption", "filter", "lengths", "pack", *STAGES, "eval")
 CURATION = STEPS[:6]
 
 
@@ -21,11 +22,16 @@ def full_dag(recipe: str, store: str, run_id: str, overrides: str, steps=STEPS, 
     for dataset in ("stage1", "sft"):
         packed[dataset] = packing_dag(dataset=dataset, steps=packing, **a)
     stages = tuple(s for s in steps if s in STAGES)
-    if stages:
-        training_dag(stages=stages, after=packed if packing else None, **a)
+    trained = training_dag(stages=stages, after=packed if packing else None, **a) if stages else {}
+    if "eval" in steps:
+        # after sft; after stage1 and mid too when the recipe sets eval.after_each_stage (else they skip)
+        for stage in STAGES if stages else ("sft",):
+            task = eval_task(checkpoint=f"stage:{stage}", name=f"eval-{stage}", **a)
+            if stage in trained:
+                task.after(trained[stage])
 
 
-@dsl.pipeline(name="ovpipe-full", description="Curation, packing and the three training stages")
+@dsl.pipeline(name="ovpipe-full", description="Curation, packing, the three training stages and evaluation")
 def full(recipe: str = "configs/recipes/ov15-8b.yaml", store: str = "s3://ovpipe/runs", run_id: str = "ov15-8b",
          overrides: str = "{}", caption_gpus: int = 4):
     full_dag(recipe, store, run_id, overrides, caption_gpus=caption_gpus)

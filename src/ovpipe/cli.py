@@ -15,6 +15,7 @@ from ovpipe.sharded import Context
 
 STEPS = ("synth", "embed", "concepts", "balance", "caption", "filter", "lengths", "pack")
 STAGES = ("stage1", "mid", "sft")
+DAG_STEPS = STEPS + STAGES + ("eval",)  # what `ovpipe run --from/--until` can name
 DATASET_STEPS = ("synth", "lengths", "pack")  # run per dataset: mid (curated), stage1, sft
 MODULES = {"synth": "ovpipe.data.corpus", "lengths": "ovpipe.packing.lengths", "pack": "ovpipe.packing.pack"}
 DEFAULT_RECIPE = "configs/recipes/tiny.yaml"
@@ -71,17 +72,27 @@ def summary(ctx: Context, steps) -> str:
     lines = []
     folders = [s if s not in DATASET_STEPS or d == "mid" else f"{s}-{d}"
                for d in ("mid", "stage1", "sft") for s in steps if d == "mid" or s in DATASET_STEPS]
+    if "eval" in steps:
+        folders += ["eval-stage1", "eval-mid"]  # when eval.after_each_stage
     for step in folders:
         uri = ctx.uri(step, "manifest.json")
         if not storage.exists(uri):
             continue
         body = storage.read_json(uri)
         c = body["counts"]
-        lines.append(f"  {step:14s} in={c['in']:<8d} out={c['out']:<8d} rejected={c['rejected']}")
+        if not step.startswith("eval"):
+            lines.append(f"  {step:14s} in={c['in']:<8d} out={c['out']:<8d} rejected={c['rejected']}")
+        else:
+            lines.append(f"  {step:14s} {body['evaluated']['uri']}")
         if "packing" in body:
             p = body["packing"]
             lines.append(f"  {'':14s} {p['bins']} sequences (lower bound {p['lower_bound']}), efficiency "
                          f"{p['efficiency']:.3%}, {p['compression']:.1f} samples per sequence")
+        if step.startswith("eval"):
+            from ovpipe.evaluate.report import text_table
+
+            lines.append("\n".join(f"  {'':14s} {line}" for line in text_table(body["metrics"]).splitlines()))
+            lines += [f"  {'':14s} report: {r}" for r in body.get("reports", [])]
         if step in STAGES:
             m = body["metrics"]
             lines.append(f"  {'':14s} loss {m['loss_first']:.3f} -> {m['loss_last']:.3f} in {m['steps']} steps, "
@@ -118,12 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the pipeline locally through kfp.local")
     _common(run)
-    run.add_argument("--from", dest="first", choices=STEPS + STAGES, default=None, help="first step to run")
-    run.add_argument("--until", dest="last", choices=STEPS + STAGES, default=None, help="last step to run")
+    run.add_argument("--from", dest="first", choices=DAG_STEPS, default=None, help="first step to run")
+    run.add_argument("--until", dest="last", choices=DAG_STEPS, default=None, help="last step to run")
     run.add_argument("--no-cache", action="store_true", help="disable kfp.local caching")
     train = sub.add_parser("train", help="train one stage on megatron-core (torchrun when train.processes > 1)")
     _common(train)
     train.add_argument("--stage", required=True, choices=STAGES)
+    ev = sub.add_parser("eval", help="lmms-eval on a stage's export: scores, controls, report, MLflow")
+    _common(ev)
+    ev.add_argument("--checkpoint", default=None, help="export URI, 'latest' (the store's newest) or "
+                    "'latest:<run id>' (default: latest:<this run id>)")
     for step in STEPS:
         p = sub.add_parser(step, help=f"run the {step} step")
         _common(p)
@@ -154,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "train":
             return run_train(args, ctx)
+        if args.command == "eval":
+            from ovpipe.evaluate.step import run as run_eval
+
+            run_eval(ctx, args.checkpoint)
+            return 0
         mod = step_module(args.command)
         workers = args.workers or ctx.recipe.data.workers
         kw = {"dataset": args.dataset} if args.command in DATASET_STEPS else {}
@@ -161,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             mod.process(ctx, args.shards, workers, **kw)
             return 0
         body = run_step(ctx, args.command, args.shards, workers, **kw)
-    except (storage.StorageError, ValueError, RuntimeError) as exc:
+    except (storage.StorageError, ValueError, RuntimeError, FileNotFoundError) as exc:
         print(f"ovpipe {args.command}: {exc}", file=sys.stderr)
         return 1
     print(json.dumps({"step": body["step"], "counts": body["counts"], "seconds": round(time.perf_counter() - t0, 1),

@@ -232,6 +232,24 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    """lmms-eval on a stage's Hugging Face export: the local synthetic tasks and/or named benchmarks."""
+    local_tasks: bool = True  # the held-out synthetic VQA/captioning tasks (group ovpipe_local)
+    tasks: list[str] = field(default_factory=list)  # lmms-eval task names, e.g. the paper's benchmarks
+    include_path: str | None = _file(help="extra lmms-eval task YAMLs (folder path/URI)")
+    datasets_cache: str | None = _file(help="pre-populated Hugging Face datasets cache (path/URI) for `tasks`; "
+                                            "nothing is downloaded")
+    count: int = 100  # items per local task
+    seed: int = 7  # of the held-out items (disjoint from every training image by construction)
+    batch_size: int = 16
+    limit: int | None = None  # lmms-eval --limit (per task), for quick looks
+    device: str = "auto"  # auto | cpu | cuda
+    before: bool = True  # also score the untrained model (same recipe and seed)
+    blind: bool = True  # also score the trained model with every image flat gray (must stay near chance)
+    after_each_stage: bool = False  # evaluate stage1 and mid too, not only sft
+
+
+@dataclass
 class Recipe:
     name: str = "recipe"
     seed: int = 0
@@ -245,6 +263,7 @@ class Recipe:
     packing: PackingConfig = field(default_factory=PackingConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     source: str = ""  # where the recipe was read from (set by load_recipe)
 
     def to_dict(self) -> dict:
@@ -303,6 +322,7 @@ CHOICES = {
     "train.mid.trainable": {"projector", "all"},
     "train.sft.trainable": {"projector", "all"},
     "train.cluster.api": {"trainjob", "pytorchjob"},
+    "eval.device": {"auto", "cpu", "cuda"},
 }
 POSITIVE = {"data.group_size", "data.workers", "synth.shards", "synth.samples_per_shard",
             "embed.batch_size", "concepts.k", "concepts.nprobe", "caption.batch_size",
@@ -311,7 +331,7 @@ POSITIVE = {"data.group_size", "data.workers", "synth.shards", "synth.samples_pe
             "packing.sequences_per_shard", "packing.tokenizer_vocab", "train.processes", "train.tensor_parallel",
             "train.pipeline_parallel", "train.micro_batch", "train.global_batch", "train.cluster.nodes",
             "train.cluster.gpus_per_node", "model.llm.hidden_size", "model.llm.num_layers",
-            "model.vision.hidden_size", "model.vision.num_hidden_layers"}
+            "model.vision.hidden_size", "model.vision.num_hidden_layers", "eval.count", "eval.batch_size"}
 
 
 def _type_ok(value: Any, tp: Any) -> bool:

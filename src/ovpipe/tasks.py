@@ -135,3 +135,27 @@ def write_resolved_recipe(ctx: Context) -> str:
     uri = storage.join(ctx.store, ctx.run_id, "_recipes", f"{storage.sha256_bytes(resolved.encode())[:16]}.yaml")
     storage.write_text(uri, resolved)
     return uri
+
+
+def evaluate(recipe: str, store: str, run_id: str, overrides: str, checkpoint: str = "") -> dict | None:
+    """The eval step on an export (default: this run's most advanced stage); returns its manifest."""
+    from ovpipe.evaluate.step import run
+
+    return run(context(recipe, store, run_id, overrides), checkpoint or None)
+
+
+def publish_scores(body: dict, metrics, markdown_path: str) -> None:
+    """Eval scores as KFP Metrics (task, task.before, task.blind, task.chance) and the Markdown report."""
+    from ovpipe import storage
+
+    os.makedirs(os.path.dirname(markdown_path), exist_ok=True)
+    if body is None:
+        with open(markdown_path, "w") as f:
+            f.write("Skipped: the recipe evaluates only the final stage (eval.after_each_stage: false).\n")
+        return
+    for task, s in body["metrics"].items():
+        for key in ("score", "before", "blind", "chance"):
+            if isinstance(s.get(key), (int, float)):
+                metrics.log_metric(task if key == "score" else f"{task}.{key}", float(s[key]))
+    with open(markdown_path, "w") as f:
+        f.write(storage.read_text(body["reports"][0]))

@@ -83,3 +83,28 @@ class HFVisionLanguageModel(torch.nn.Module):
                 row = row[:row.index(eos_id)]
             results.append(row)
         return results
+
+
+def prompt_ids(turns: list[dict], image_tokens: list[int], tok) -> list[int]:
+    """Token ids of a conversation ending with a user turn, plus the assistant header to generate after:
+    the training layout (sequence.encode) so the model sees prompts exactly as it was trained."""
+    from ovpipe.packing import sequence
+
+    if not turns or turns[-1]["role"] != "user":
+        raise ValueError("a prompt ends with a user turn")
+    ids = sequence.encode(turns, image_tokens, tok).input_ids.tolist()
+    opening = sequence._encoder(tok).frames["assistant"][0][1]  # <|im_start|> "assistant\n"
+    return ids + list(opening)
+
+
+def image_tensor(image, geometry: VisionGeometry) -> torch.Tensor:
+    """A PIL image (or encoded bytes) -> the normalized [3, H', W'] tensor training used."""
+    import io
+
+    from ovpipe.models.vision import load_image
+
+    if not isinstance(image, (bytes, bytearray)):
+        buf = io.BytesIO()
+        image.convert("RGB").save(buf, "PNG")
+        image = buf.getvalue()
+    return load_image(bytes(image), geometry)

@@ -280,6 +280,7 @@ def _finish(tr: Trainer, tracker: Tracker, t_start: float, log) -> dict:
     import json
     import tempfile
 
+    from ovpipe.evaluate import exports
     from ovpipe.models.convert import export_hf
     from ovpipe.packing.lengths import tokenizer_uri
 
@@ -306,6 +307,7 @@ def _finish(tr: Trainer, tracker: Tracker, t_start: float, log) -> dict:
         for p in (plot, cfg_path):
             tracker.artifact(p)
     tracker.finish()
+    exports.publish(ctx.store, ctx.run_id, stage, export_uri(ctx, stage))
     timed = hist[1:] or hist  # the first step carries one-off costs
     seconds = sum(h["step_seconds"] for h in timed)
     tps = sum(h["tokens_per_second"] * h["step_seconds"] for h in timed) / max(seconds, 1e-9)
