@@ -10,7 +10,7 @@ PIP_VERSION := 26.3
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: install run run-stage test compile bench lint clean
+.PHONY: install run run-stage schedule-eval test compile bench lint clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
@@ -39,6 +39,13 @@ ifeq ($(STORE),s3)
 else
 	$(VENV)/bin/ovpipe run --recipe $(RECIPE) --store $(LOCAL_STORE) --run-id $(RUN) --from $(STAGE) --until $(STAGE) $(ARGS)
 endif
+
+# A nightly KFP recurring run of the evaluation pipeline (KFP_HOST from the environment; 6-field cron):
+#   KFP_HOST=https://kfp.example.org make schedule-eval CRON="0 0 2 * * *" CHECKPOINT=latest
+CRON ?= 0 0 2 * * *
+CHECKPOINT ?= latest
+schedule-eval: install
+	$(PY) -m pipelines.schedule --cron "$(CRON)" --checkpoint "$(CHECKPOINT)" --recipe $(RECIPE) $(ARGS)
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -154,7 +154,8 @@ def run(ctx: Context, checkpoint: str | None = None, log=print) -> dict | None:
         title = f"{target['run_id']} · {target['stage']} · {target['uri']}"
         chart = os.path.join(tmp, "scores.png")
         report.bar_chart(scores, chart, f"{target['run_id']} · {target['stage']}")
-        files = {"report.md": report.markdown(scores, title), "report.html": report.html_page(scores, title, "scores.png"),
+        files = {"report.md": report.markdown(scores, title),
+                 "report.html": report.html_page(scores, title, "scores.png"),
                  "scores.json": json.dumps(scores, indent=2, sort_keys=True)}
         for name, text in files.items():
             storage.write_text(ctx.uri(step, name), text)
