@@ -16,19 +16,25 @@ import logging
 
 import torch
 import torch.nn.functional as F
-from lmms_eval.api.model import lmms
-from lmms_eval.models.registry_v2 import ModelManifest
+from lmms_eval.api.model import lmms  # does not import lmms_eval.models (see manifest)
+
+
+def manifest():
+    """Entry point `lmms_eval.models: ovpipe` (see pyproject.toml): a ModelManifest.
+
+    ModelManifest is imported here, not at the top: importing lmms_eval.models loads every entry point,
+    this module included, so a top-level import would leave `manifest` undefined when this module is
+    imported before lmms_eval.models (the registry then warns and drops `ovpipe`)."""
+    from lmms_eval.models.registry_v2 import ModelManifest
+
+    return ModelManifest(model_id="ovpipe", simple_class_path="ovpipe.evaluate.lmms_model.OvpipeLMM")
+
 
 log = logging.getLogger(__name__)
 
 PLACEHOLDER = "<image>"
 GRAY = (128, 128, 128)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def manifest() -> ModelManifest:
-    """Entry point `lmms_eval.models: ovpipe` (see pyproject.toml)."""
-    return ModelManifest(model_id="ovpipe", simple_class_path="ovpipe.evaluate.lmms_model.OvpipeLMM")
 
 
 def _flatten(visuals) -> list:

@@ -26,11 +26,9 @@ class PackedCausalAttention(MegatronModule):
         self.scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(head_dim)
 
     def _attend(self, q, k, v):
-        """q [heads, s, d], k/v [groups, s, d] -> [s, heads * d]; GQA by repeating key/value groups."""
-        if k.shape[0] != q.shape[0]:
-            k = k.repeat_interleave(q.shape[0] // k.shape[0], dim=0)
-            v = v.repeat_interleave(q.shape[0] // v.shape[0], dim=0)
+        """q [heads, s, d], k/v [groups, s, d] -> [s, heads * d]; GQA without copying key/value groups."""
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale,
+                                             enable_gqa=k.shape[0] != q.shape[0],
                                              dropout_p=self.dropout if self.training else 0.0)
         return out.transpose(0, 1).reshape(q.shape[1], -1)
 
@@ -45,6 +43,8 @@ class PackedCausalAttention(MegatronModule):
         if packed_seq_params.qkv_format != "thd":
             raise ValueError(f"packed sequences must be THD, got {packed_seq_params.qkv_format!r}")
         cu_q = packed_seq_params.cu_seqlens_q.tolist()
+        if cu_q[-1] != query.shape[0]:
+            raise ValueError(f"cu_seqlens cover {cu_q[-1]} tokens of {query.shape[0]}")
         cu_kv = packed_seq_params.cu_seqlens_kv.tolist()
         if cu_q != cu_kv:
             raise ValueError("self-attention over packed sequences needs cu_seqlens_q == cu_seqlens_kv")

@@ -27,6 +27,8 @@ class VisionLanguageModel(MegatronModule):
 
     def embed(self, input_ids, position_ids, images):
         """[T, 1, hidden] input embeddings with the image features in the image-pad slots."""
+        if input_ids.shape[0] != 1:
+            raise ValueError(f"packed input is one THD row, got a batch of {input_ids.shape[0]}")
         emb = self.language.embedding(input_ids=input_ids, position_ids=position_ids)
         slots = input_ids[0] == self.image_pad_id
         n_slots = int(slots.sum())
