@@ -159,11 +159,14 @@ def test_a_perfect_model_scores_one_everywhere(task_dir):
 # ---------------------------------------------------------------- the model adapter
 
 def test_entry_point_resolves_the_model():
-    from lmms_eval.models import get_model
-
-    from ovpipe.evaluate.lmms_model import OvpipeLMM
-
-    assert get_model("ovpipe") is OvpipeLMM
+    """`--model ovpipe` works whichever is imported first: lmms_eval.models (as the CLI does) or the adapter
+    (importing lmms_eval.models loads the entry point while the adapter module is half-imported)."""
+    for first in ("lmms_eval.models", "ovpipe.evaluate.lmms_model"):
+        code = (f"import {first}\nfrom lmms_eval.models import get_model\n"
+                "from ovpipe.evaluate.lmms_model import OvpipeLMM\nassert get_model('ovpipe') is OvpipeLMM")
+        proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, **ENV}, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0 and "Failed to load model entry-point" not in proc.stdout, proc.stdout + proc.stderr
 
 
 def test_generation_matches_the_export_and_gray_images_are_flat(export, task_dir, monkeypatch):
@@ -228,6 +231,8 @@ def test_model_args_from_the_cli(export):
     lm = OvpipeLMM.create_from_arg_string(f"pretrained={export}", {"batch_size": "4", "device": "cpu"})
     assert (lm.batch_size, lm.gray_images, lm.max_new_tokens) == (4, False, 16)
     assert OvpipeLMM.create_from_arg_string(f"pretrained={export}", {"batch_size": 1}).batch_size == 16
+    auto = OvpipeLMM(pretrained=export, device="auto")
+    assert auto.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # ---------------------------------------------------------------- the real CLI
@@ -237,7 +242,8 @@ def test_lmms_eval_cli_end_to_end(export, task_dir, tmp_path):
     results_dir = tmp_path / "results"
     env = {**os.environ, **ENV, "HF_HOME": str(tmp_path / "hf"), "HF_DATASETS_CACHE": str(tmp_path / "hf-datasets")}
     cmd = [sys.executable, "-m", "lmms_eval", "--model", "ovpipe", "--model_args", f"pretrained={export},batch_size=8",
-           "--tasks", ",".join(CLI_TASKS), "--include_path", out, "--output_path", str(results_dir), "--log_samples"]
+           "--tasks", ",".join(CLI_TASKS), "--include_path", out, "--output_path", str(results_dir), "--log_samples",
+           "--verbosity", "DEBUG"]  # without DEBUG, lmms-eval logs an exception in the evaluation and exits 0
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=str(tmp_path))
     log = (proc.stdout + proc.stderr)[-4000:]
     assert proc.returncode == 0, log

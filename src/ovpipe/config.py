@@ -240,6 +240,7 @@ class EvalConfig:
     datasets_cache: str | None = _file(help="pre-populated Hugging Face datasets cache (path/URI) for `tasks`; "
                                             "nothing is downloaded")
     count: int = 100  # items per local task
+    formats: list[str] = field(default_factory=lambda: ["short", "mc", "caption"])  # local: + mc_ll (likelihood)
     seed: int = 7  # of the held-out items (disjoint from every training image by construction)
     batch_size: int = 16
     limit: int | None = None  # lmms-eval --limit (per task), for quick looks
@@ -420,6 +421,9 @@ def _check_values(recipe: Recipe, problems: list[str]) -> None:
             problems.append(f"caption.languages: no caption.prompts entry for {lang!r}")
     if recipe.caption.backend in ("hf", "vllm") and not recipe.caption.model:
         problems.append(f"caption.model: required for backend {recipe.caption.backend!r}")
+    unknown = sorted(set(recipe.eval.formats) - {"short", "mc", "mc_ll", "caption"})
+    if unknown:
+        problems.append(f"eval.formats: unknown {unknown} (known: short, mc, mc_ll, caption)")
     if "{}" not in recipe.concepts.prompt_template:
         problems.append("concepts.prompt_template: must contain '{}' where the concept goes")
 

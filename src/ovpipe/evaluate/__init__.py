@@ -15,5 +15,8 @@ point `ovpipe` exists -- after editing pyproject.toml, `pip install -e . --no-de
 `--tasks` takes the group `ovpipe_local` or any of its tasks (see /tmp/ov-tasks/tasks.json for each task's
 metric, chance level and format). pretrained may be an s3:// URI. Results land in
 {output_path}/{model dir}/{timestamp}_results.json and, with --log_samples, one
-{timestamp}_samples_{task}.jsonl per task beside it (see the report step for the keys).
+{timestamp}_samples_{task}.jsonl per task beside it (model dir = the last two parts of the pretrained path
+joined by "__", e.g. sft__hf; timestamp in --timezone, Asia/Singapore by default). lmms-eval exits 0 even
+when the evaluation raised (it logs the traceback): add `--verbosity DEBUG` to get a non-zero exit, or
+check that the results file exists.
 """

@@ -4,6 +4,7 @@ lmms-eval 0.7.x finds it through the `lmms_eval.models` entry point (`manifest` 
 pyproject.toml); `@register_model` alone does not make `--model NAME` work there.
 
     --model_args pretrained=PATH_OR_S3_URI[,batch_size=16][,max_new_tokens=16][,gray_images=false][,device=cpu]
+                 [,dtype=float32]     device: cpu (default), cuda, cuda:N or auto; dtype: float32, bfloat16, float16
 
 Prompts use the layout the model was trained with (ovpipe.models.hf_vlm.prompt_ids): one user turn
 "<image>\\n" * n_images + context, then the assistant header. Decoding is greedy and stops at <|im_end|>.
@@ -68,6 +69,8 @@ class OvpipeLMM(lmms):
         self.gray_images = _as_bool(gray_images)
         if self.batch_size < 1 or self.max_new_tokens < 1:
             raise ValueError(f"batch_size={batch_size} and max_new_tokens={max_new_tokens} must be >= 1")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.model = HFVisionLanguageModel.from_export(str(pretrained), dtype=_DTYPES[dtype]).to(self.device).eval()
         self.tokenizer = load_tokenizer(self.model.path)

@@ -127,6 +127,7 @@ def run(ctx: Context, checkpoint: str | None = None, log=print) -> dict | None:
         info, include = {}, []
         if cfg.local_tasks:
             info = write_tasks(os.path.join(tmp, "tasks"), seed=cfg.seed, count=cfg.count, size=_image_size(ctx))
+            info = {t: i for t, i in info.items() if i["format"] in cfg.formats}
             include.append(os.path.join(tmp, "tasks"))
         if cfg.include_path:
             include.append(storage.localize(cfg.include_path))
