@@ -11,7 +11,8 @@ from tests.helpers import SMALL, TINY, data_digests, run_all, small_context
 PACKED = ("lengths", "pack", "synth-stage1", "lengths-stage1", "pack-stage1", "synth-sft", "lengths-sft", "pack-sft")
 ALL = ("synth", "embed", "concepts", "balance", "caption", "filter") + PACKED
 STAGES = ("stage1", "mid", "sft")
-FEW_STEPS = [f"train.{s}.{k}={v}" for s in STAGES for k, v in (("steps", 2), ("warmup_steps", 0))]
+FEW_STEPS = [f"train.{s}.{k}={v}" for s in STAGES for k, v in (("steps", 2), ("warmup_steps", 0))] + [
+    "eval.count=3", "eval.formats=[short, caption]"]
 
 
 def _run(store: str, run_id: str = "kfp") -> None:
@@ -30,6 +31,9 @@ def _trained(store: str) -> None:
         assert body["metrics"]["steps"] == 2 and body["metrics"]["loss_last"] > 0
         assert storage.exists(storage.join(store, "kfp", stage, "hf", "llm", "model.safetensors"))
         assert storage.exists(storage.join(store, "kfp", stage, "checkpoints", "latest.json"))
+    body = storage.read_json(storage.join(store, "kfp", "eval", "manifest.json"))
+    assert body["evaluated"]["stage"] == "sft" and len(body["metrics"]) == 7
+    assert all({"score", "chance", "before", "blind"} <= set(s) for s in body["metrics"].values())
 
 
 @pytest.fixture(scope="module")
