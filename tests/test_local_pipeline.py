@@ -63,7 +63,7 @@ def test_local_pipeline_on_seaweedfs_matches_folder_store(direct, s3_root, tmp_p
 
 
 def test_step_ranges():
-    assert select_steps("balance", None) == ("balance", "caption", "filter", "lengths", "pack", *STAGES)
+    assert select_steps("balance", None) == ("balance", "caption", "filter", "lengths", "pack", *STAGES, "eval")
     assert select_steps("mid", "mid") == ("mid",)
     assert select_steps(None, "embed") == ("synth", "embed")
     with pytest.raises(ValueError):
