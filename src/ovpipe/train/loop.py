@@ -160,13 +160,11 @@ def _forward_step(data_iterator, model):
     from megatron.core.packed_seq_params import PackedSeqParams
 
     mb = next(data_iterator)
-    psp = PackedSeqParams(qkv_format="thd", cu_seqlens_q=mb.cu_seqlens, cu_seqlens_kv=mb.cu_seqlens,
-                          max_seqlen_q=mb.max_seqlen, max_seqlen_kv=mb.max_seqlen)
     device = next(model.parameters()).device
     move = (lambda x: x.to(device, non_blocking=True)) if device.type == "cuda" else (lambda x: x)
-    if device.type == "cuda":
-        psp = PackedSeqParams(qkv_format="thd", cu_seqlens_q=move(mb.cu_seqlens), cu_seqlens_kv=move(mb.cu_seqlens),
-                              max_seqlen_q=mb.max_seqlen, max_seqlen_kv=mb.max_seqlen)
+    cu = move(mb.cu_seqlens)
+    psp = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=mb.max_seqlen,
+                          max_seqlen_kv=mb.max_seqlen)
     losses = model(move(mb.input_ids), move(mb.position_ids), labels=move(mb.labels),
                    images=[move(im) for im in mb.images], packed_seq_params=psp)
     return losses, partial(_loss, move(mb.loss_mask))
@@ -197,11 +195,12 @@ def train_step(tr: Trainer) -> dict:
     if not ok:
         raise FloatingPointError(f"step {tr.step}: the optimizer skipped the update (inf/nan gradients)")
     tr.scheduler.step(increment=1)
-    # what the step saw, summed over data-parallel ranks: loss sum, loss tokens, tokens, capacity, sequences
+    # what the step saw, summed over data-parallel ranks: loss sum, loss tokens, tokens, capacity, samples
     local = torch.stack([r["lm loss"] for r in reports]).sum(0) if reports else torch.zeros(2)
     cap = tr.recipe.packing.capacity * sum(m.sequences for m in micro)
-    totals = torch.tensor([float(local[0]), float(local[1]), sum(m.tokens for m in micro), cap,
-                           sum(m.sequences for m in micro)], dtype=torch.float64)
+    samples = sum(len(m.cu_seqlens) - 1 for m in micro)  # sub-samples, not packed sequences
+    totals = torch.tensor([float(local[0]), float(local[1]), sum(m.tokens for m in micro), cap, samples],
+                          dtype=torch.float64)
     from megatron.core import parallel_state
 
     dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
@@ -326,8 +325,8 @@ def _finish(tr: Trainer, tracker: Tracker, t_start: float, log) -> dict:
                {"uri": export_uri(ctx, stage), "sha256": storage.sha256_uri(storage.join(export_uri(ctx, stage),
                                                                                           "llm", "model.safetensors")),
                 "samples": 0}]
-    seqs = int(sum(h["samples_per_second"] * h["step_seconds"] for h in hist))
-    m = manifest.build(stage, ctx.run_id, tr.recipe.to_dict(), inputs, outputs, manifest.counts(seqs, seqs, {}),
+    samples = int(round(sum(h["samples_per_second"] * h["step_seconds"] for h in hist)))  # trained on, repeats counted
+    m = manifest.build(stage, ctx.run_id, tr.recipe.to_dict(), inputs, outputs, manifest.counts(samples, samples, {}),
                        time.perf_counter() - t_start, metrics=metrics)
     manifest.write(ctx.uri(stage, "manifest.json"), m)
     log(f"[{stage}] loss {metrics['loss_first']:.4f} -> {metrics['loss_last']:.4f} over {metrics['steps']} steps; "
