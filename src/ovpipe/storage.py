@@ -277,6 +277,14 @@ def _delete_quietly(uri: str, bucket: str, tmp_key: str) -> None:
         pass
 
 
+def put_tree(local_dir: str, uri: str) -> None:
+    """Commit every file under a local folder below `uri`, keeping relative paths (each file atomically)."""
+    for base, _, files in os.walk(local_dir):
+        for name in sorted(files):
+            path = os.path.join(base, name)
+            put_file(path, join(uri, os.path.relpath(path, local_dir).replace(os.sep, "/")))
+
+
 def put_file(local_path: str, uri: str) -> None:
     """Commit a finished local file to `uri` atomically (moved if local, uploaded if S3)."""
     if is_remote(uri):

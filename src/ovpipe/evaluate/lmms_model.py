@@ -134,18 +134,8 @@ class OvpipeLMM(lmms):
 
     @torch.no_grad()
     def _generate(self, prompts: list[list[int]], images: list[list], max_new_tokens: int) -> list[list[int]]:
-        """Greedy continuation of a left-padded batch (HFVisionLanguageModel.generate with tensors on
-        self.device); each row is cut at the first <|im_end|>."""
-        width = max(len(p) for p in prompts)
-        ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in prompts], device=self.device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
-        emb = self.model.embed(ids, [t for ims in images for t in self._tensors(ims)])
-        out = self.model.llm.generate(inputs_embeds=emb, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                      do_sample=False, eos_token_id=self.eot_id, pad_token_id=self.pad_id)
-        rows = []
-        for row in out.tolist():
-            rows.append(row[:row.index(self.eot_id)] if self.eot_id in row else row)
-        return rows
+        """Greedy continuation of a left-padded batch; each row is cut at the first <|im_end|>."""
+        return self.model.generate(prompts, [self._tensors(ims) for ims in images], max_new_tokens, eos_id=self.eot_id)
 
     def _gen_settings(self, gen_kwargs: dict) -> tuple[int, tuple[str, ...]]:
         gen_kwargs = dict(gen_kwargs or {})

@@ -126,7 +126,8 @@ def run(ctx: Context, checkpoint: str | None = None, log=print) -> dict | None:
     with tempfile.TemporaryDirectory(prefix="ovpipe-eval-") as tmp:
         info, include = {}, []
         if cfg.local_tasks:
-            info = write_tasks(os.path.join(tmp, "tasks"), seed=cfg.seed, count=cfg.count, size=_image_size(ctx))
+            info = write_tasks(os.path.join(tmp, "tasks"), seed=cfg.seed, count=cfg.count,
+                               size=ctx.recipe.packing.sft.image_size)
             info = {t: i for t, i in info.items() if i["format"] in cfg.formats}
             include.append(os.path.join(tmp, "tasks"))
         if cfg.include_path:
@@ -144,7 +145,7 @@ def run(ctx: Context, checkpoint: str | None = None, log=print) -> dict | None:
         for variant, (uri, gray) in models.items():
             out = os.path.join(tmp, "lmms-eval", variant)
             raw[variant] = task_scores(run_lmms_eval(uri, tasks, include, out, cfg, gray=gray, log=log), metric_of)
-            _upload(out, ctx.uri(step, "lmms-eval", variant))
+            storage.put_tree(out, ctx.uri(step, "lmms-eval", variant))
         scores = {}
         for task in tasks:
             if task not in raw["score"]:
@@ -171,14 +172,3 @@ def run(ctx: Context, checkpoint: str | None = None, log=print) -> dict | None:
     log(report.text_table(scores))
     log("  reports: " + "  ".join(body["reports"]))
     return body
-
-
-def _image_size(ctx: Context) -> int:
-    return ctx.recipe.packing.sft.image_size
-
-
-def _upload(local: str, uri: str) -> None:
-    for base, _, names in os.walk(local):
-        for name in names:
-            path = os.path.join(base, name)
-            storage.put_file(path, storage.join(uri, os.path.relpath(path, local).replace(os.sep, "/")))

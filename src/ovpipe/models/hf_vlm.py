@@ -69,11 +69,12 @@ class HFVisionLanguageModel(torch.nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: list[list[int]], images: list[list[torch.Tensor]], max_new_tokens: int = 16,
                  eos_id: int | None = None) -> list[list[int]]:
-        """Greedy continuation of each prompt (left-padded batch); stops at eos_id."""
+        """Greedy continuation of each prompt (left-padded batch, on the model's device); stops at eos_id."""
         pad = self.llm.config.pad_token_id or 0
+        device = next(self.llm.parameters()).device
         width = max(len(x) for x in input_ids)
-        ids = torch.tensor([[pad] * (width - len(x)) + x for x in input_ids])
-        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in input_ids])
+        ids = torch.tensor([[pad] * (width - len(x)) + x for x in input_ids], device=device)
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in input_ids], device=device)
         emb = self.embed(ids, [im for ims in images for im in ims])
         out = self.llm.generate(inputs_embeds=emb, attention_mask=mask, max_new_tokens=max_new_tokens,
                                 do_sample=False, eos_token_id=eos_id, pad_token_id=pad)

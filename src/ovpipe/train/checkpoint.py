@@ -34,13 +34,6 @@ def latest(root: str) -> dict | None:
     return json.loads(storage.read_text(uri)) if storage.exists(uri) else None
 
 
-def _upload_tree(local: str, uri: str) -> None:
-    for base, _, files in os.walk(local):
-        for name in sorted(files):
-            path = os.path.join(base, name)
-            storage.put_file(path, storage.join(uri, os.path.relpath(path, local).replace(os.sep, "/")))
-
-
 def _download_tree(uri: str, local: str) -> None:
     prefix = uri.rstrip("/") + "/"
     for item in storage.list_uris(uri):
@@ -72,7 +65,7 @@ def save(root: str, step: int, model, optimizer, train_state: dict) -> str:
         if rank == 0:
             with open(os.path.join(local, "train_state.json"), "w") as f:
                 json.dump({**train_state, "step": step}, f, indent=2, sort_keys=True)
-        _upload_tree(local, uri)  # each rank its own files (rank 0 also the metadata)
+        storage.put_tree(local, uri)  # each rank its own files (rank 0 also the metadata)
         if dist.is_initialized():
             dist.barrier()
         if rank == 0:

@@ -289,10 +289,7 @@ def _finish(tr: Trainer, tracker: Tracker, t_start: float, log) -> dict:
     hist = tr.history
     with tempfile.TemporaryDirectory() as tmp:
         out = export_hf(model, tr.recipe, storage.localize(tokenizer_uri(ctx)), os.path.join(tmp, "hf"), vocab)
-        for base, _, files in os.walk(out):
-            for name in files:
-                path = os.path.join(base, name)
-                storage.put_file(path, storage.join(export_uri(ctx, stage), os.path.relpath(path, out)))
+        storage.put_tree(out, export_uri(ctx, stage))
         plot = os.path.join(tmp, "loss.png")
         _loss_plot(hist, plot, f"{ctx.run_id} · {stage}")
         storage.put_file(plot, ctx.uri(stage, "loss.png"))
