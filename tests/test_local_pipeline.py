@@ -12,7 +12,8 @@ PACKED = ("lengths", "pack", "synth-stage1", "lengths-stage1", "pack-stage1", "s
 ALL = ("synth", "embed", "concepts", "balance", "caption", "filter") + PACKED
 STAGES = ("stage1", "mid", "sft")
 FEW_STEPS = [f"train.{s}.{k}={v}" for s in STAGES for k, v in (("steps", 2), ("warmup_steps", 0))] + [
-    "eval.count=3", "eval.formats=[short, caption]"]
+    "eval.count=3", "eval.formats=[short, caption]", "packing.sft.synth_shards=2",
+    "packing.sft.synth_samples_per_shard=200"]
 
 
 def _run(store: str, run_id: str = "kfp") -> None:

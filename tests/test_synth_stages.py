@@ -14,6 +14,7 @@ from PIL import Image
 from ovpipe.data.synth import COLORS, PLURAL, SHAPES, load_vocab
 from ovpipe.data.synth_stages import (
     ALIGN_BAD_KINDS,
+    BACKGROUNDS,
     CELLS,
     SFT_BAD_KINDS,
     TEXT_WORDS,
@@ -246,7 +247,29 @@ def test_shard_of_2000_is_fast():
     (lambda: sft_samples(0, 0, 1, [], zh_fraction=2), "vocab"),
     (lambda: eval_items(0, 1, VOCAB, task="position"), "task"),
     (lambda: eval_items(0, 1, VOCAB, task="color", size=16), "size"),
+    (lambda: sft_samples(0, 0, 1, VOCAB, question_types=("colour",)), "question_types"),
+    (lambda: sft_samples(0, 0, 1, VOCAB, max_turns=0), "max_turns"),
 ])
 def test_invalid_arguments_raise_eagerly(call, name):
     with pytest.raises(ValueError, match=name):
         call()
+
+
+def test_sft_question_types_and_turns():
+    got = [_meta(s) for s in sft_samples(3, 0, 300, VOCAB, question_types=("shape", "text"), max_turns=1,
+                                         caption_fraction=0.0, bad_fraction=0)]
+    turns = Counter(len(m["qa"]) for m in got)
+    types = Counter(q["type"] for m in got for q in m["qa"])
+    assert set(turns) == {1} and set(types) <= {"shape", "text", "caption"}
+    assert types["shape"] > 100 and types["text"] > 10
+    # images that answer neither type get a caption request instead of an empty conversation
+    assert all(m["conversation"][-1]["role"] == "assistant" for m in got)
+    assert all(m["qa"][0]["type"] == "caption" for m in got if m["qa"][0]["type"] not in ("shape", "text"))
+
+
+def test_backgrounds_are_neutral_unless_shapes_take_both(sft):
+    for m in map(_meta, sft):
+        colors = {s["color"] for s in m["scene"]["shapes"]}
+        assert m["scene"]["background"] not in colors
+        if not set(BACKGROUNDS) <= colors:
+            assert m["scene"]["background"] in BACKGROUNDS

@@ -125,6 +125,10 @@ class StageDataConfig:
     synth_shards: int = 2
     synth_samples_per_shard: int = 500
     image_size: int = 64  # synthetic images are square
+    # sft only: which one-word question types the synthetic conversations ask, and how many turns at most
+    questions: list[str] = field(default_factory=lambda: ["color", "shape", "count", "position", "text"])
+    max_turns: int = 3
+    caption_fraction: float = 0.1
 
 
 @dataclass

@@ -27,8 +27,12 @@ def _samples(ctx: Context, index: int, dataset: str):
     from ovpipe.data import synth_stages
 
     cfg = getattr(ctx.recipe.packing, dataset)
-    make = synth_stages.align_samples if dataset == "stage1" else synth_stages.sft_samples
-    return make(ctx.recipe.seed, index, cfg.synth_samples_per_shard, vocab, size=cfg.image_size)
+    if dataset == "stage1":
+        return synth_stages.align_samples(ctx.recipe.seed, index, cfg.synth_samples_per_shard, vocab,
+                                          size=cfg.image_size)
+    return synth_stages.sft_samples(ctx.recipe.seed, index, cfg.synth_samples_per_shard, vocab, size=cfg.image_size,
+                                    question_types=tuple(cfg.questions), max_turns=cfg.max_turns,
+                                    caption_fraction=cfg.caption_fraction)
 
 
 def _n_shards(ctx: Context, dataset: str) -> int:

@@ -42,8 +42,8 @@ def _synthetic_texts(ctx: Context, n: int = 3000):
         yield meta["caption_en"]
         yield meta["caption_zh"]
     for s in sft_samples(ctx.recipe.seed, 99_000, n, vocab, bad_fraction=0):
-        for turn in json.loads(s["json"])["conversation"]:
-            yield turn["content"].replace("<image>", "")
+        for turn in json.loads(s["json"])["conversation"]:  # role names too: the chat template spells them
+            yield f"{turn['role']}\n" + turn["content"].replace("<image>", "")
 
 
 def tokenizer_uri(ctx: Context) -> str:
