@@ -12,14 +12,14 @@ PACKED = ("lengths", "pack", "synth-stage1", "lengths-stage1", "pack-stage1", "s
 ALL = ("synth", "embed", "concepts", "balance", "caption", "filter") + PACKED
 STAGES = ("stage1", "mid", "sft")
 FEW_STEPS = [f"train.{s}.{k}={v}" for s in STAGES for k, v in (("steps", 2), ("warmup_steps", 0))] + [
-    "eval.count=3", "eval.formats=[short, caption]", "packing.sft.synth_shards=2",
-    "packing.sft.synth_samples_per_shard=200"]
+    "eval.count=3", "eval.formats=[short, caption]"]
+DATA = ["packing.sft.synth_shards=2", "packing.sft.synth_samples_per_shard=200"]  # both runs: digests compare
 
 
 def _run(store: str, run_id: str = "kfp") -> None:
     args = ["run", "--recipe", TINY, "--store", store, "--run-id", run_id, "--no-cache"]
     # one task per loop (outputs do not depend on the grouping): kfp.local starts a process per task
-    args += sum((["--set", s] for s in SMALL + FEW_STEPS + ["data.group_size=4"]), [])
+    args += sum((["--set", s] for s in SMALL + DATA + FEW_STEPS + ["data.group_size=4"]), [])
     assert main(args) == 0
 
 
@@ -39,7 +39,7 @@ def _trained(store: str) -> None:
 
 @pytest.fixture(scope="module")
 def direct(tmp_path_factory):
-    ctx = small_context(str(tmp_path_factory.mktemp("direct")), run_id="kfp")
+    ctx = small_context(str(tmp_path_factory.mktemp("direct")), *DATA, run_id="kfp")
     run_all(ctx)
     for dataset in ("mid", "stage1", "sft"):
         for step in ("synth", "lengths", "pack") if dataset != "mid" else ("lengths", "pack"):
@@ -52,14 +52,14 @@ def test_local_pipeline_on_a_folder_matches_direct_steps(direct, tmp_path, monke
     _run(str(tmp_path / "store"))
     out = capsys.readouterr().out
     assert "filter" in out and "manifest.json" in out and "balance.png" in out and "loss" in out
-    assert data_digests(small_context(str(tmp_path / "store"), run_id="kfp"), ALL) == direct
+    assert data_digests(small_context(str(tmp_path / "store"), *DATA, run_id="kfp"), ALL) == direct
     _trained(str(tmp_path / "store"))
 
 
 def test_local_pipeline_on_seaweedfs_matches_folder_store(direct, s3_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _run(s3_root)
-    assert data_digests(small_context(s3_root, run_id="kfp"), ALL) == direct
+    assert data_digests(small_context(s3_root, *DATA, run_id="kfp"), ALL) == direct
     _trained(s3_root)  # the loader streamed from S3, checkpoints and exports went there
 
 
