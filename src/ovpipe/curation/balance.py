@@ -51,20 +51,14 @@ def select(method: str, topk: np.ndarray, counts: np.ndarray, uid: np.ndarray, t
 
 
 def plot(counts_before: np.ndarray, counts_after: np.ndarray, path: str, title: str) -> None:
-    import matplotlib
+    from ovpipe.plots import figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for counts, label in ((counts_before, "before"), (counts_after, "after")):
-        c = np.sort(counts[counts > 0])[::-1]
-        ax.plot(np.arange(1, len(c) + 1), c, label=f"{label} ({int(counts.sum())} assignments)")
-    ax.set(xscale="log", yscale="log", xlabel="concept rank", ylabel="images", title=title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with figure(path, (7, 4)) as (_, ax):
+        for counts, label in ((counts_before, "before"), (counts_after, "after")):
+            c = np.sort(counts[counts > 0])[::-1]
+            ax.plot(np.arange(1, len(c) + 1), c, label=f"{label} ({int(counts.sum())} assignments)")
+        ax.set(xscale="log", yscale="log", xlabel="concept rank", ylabel="images", title=title)
+        ax.legend()
 
 
 def run(ctx: Context) -> dict:

@@ -48,27 +48,22 @@ def html_page(scores: dict[str, dict], title: str, chart: str | None = None) -> 
 
 
 def bar_chart(scores: dict[str, dict], path: str, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    from ovpipe.plots import figure
 
     tasks = sorted(scores)
     x = np.arange(len(tasks))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(tasks) + 2), 4))
     series = (("before", "untrained", "#bbbbbb"), ("score", "trained", "#3b7dd8"), ("blind", "gray images", "#e39b3b"))
-    for i, (key, label, color) in enumerate(series):
-        vals = [scores[t].get(key) or 0.0 for t in tasks]
-        ax.bar(x + (i - 1) * 0.27, vals, 0.27, label=label, color=color)
-    for j, t in enumerate(tasks):
-        if scores[t].get("chance") is not None:
-            ax.hlines(scores[t]["chance"], j - 0.42, j + 0.42, colors="black", linestyles="dashed", lw=1)
-    ax.set_xticks(x, tasks, rotation=60, ha="right", fontsize=8)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("score (dashed: chance)")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, (max(6.0, 0.55 * len(tasks) + 2), 4), dpi=110) as (_, ax):
+        for i, (key, label, color) in enumerate(series):
+            vals = [scores[t].get(key) or 0.0 for t in tasks]
+            ax.bar(x + (i - 1) * 0.27, vals, 0.27, label=label, color=color)
+        for j, t in enumerate(tasks):
+            if scores[t].get("chance") is not None:
+                ax.hlines(scores[t]["chance"], j - 0.42, j + 0.42, colors="black", linestyles="dashed", lw=1)
+        ax.set_xticks(x, tasks, rotation=60, ha="right", fontsize=8)
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("score (dashed: chance)")
+        ax.set_title(title)
+        ax.legend(fontsize=8)

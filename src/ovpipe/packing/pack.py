@@ -91,20 +91,14 @@ def _plan(ctx: Context, dataset: str) -> None:
 
 
 def _plot_fill(lengths, bins, capacity, path, stats) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ovpipe.plots import figure
 
     fill = np.bincount(bins, weights=lengths) / capacity if len(bins) else np.zeros(0)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.hist(fill, bins=50, range=(0, 1))
-    ax.set(xlabel="fill of a packed sequence", ylabel="sequences",
-           title=f"{stats['bins']} sequences, efficiency {stats['efficiency']:.4%}, "
-                 f"lower bound {stats['lower_bound']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with figure(path, (7, 4)) as (_, ax):
+        ax.hist(fill, bins=50, range=(0, 1))
+        ax.set(xlabel="fill of a packed sequence", ylabel="sequences",
+               title=f"{stats['bins']} sequences, efficiency {stats['efficiency']:.4%}, "
+                     f"lower bound {stats['lower_bound']}")
 
 
 def write_shard(ctx: Context, index: int, dataset: str) -> ShardResult:

@@ -220,20 +220,14 @@ def _train_state(tr: Trainer, tracker: Tracker) -> dict:
 
 
 def _loss_plot(history: list[dict], path: str, title: str) -> None:
-    import matplotlib
+    from ovpipe.plots import figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([h["step"] for h in history], [h["loss"] for h in history], lw=1.2)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (per loss token)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, (6, 3.5), dpi=110) as (_, ax):
+        ax.plot([h["step"] for h in history], [h["loss"] for h in history], lw=1.2)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss (per loss token)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
 
 
 def run_stage(recipe: Recipe, stage: str, store: str, run_id: str, log=print) -> dict | None:
