@@ -132,7 +132,7 @@ def _png(w, h, seed):
 
 def test_hf_export_reloads_with_the_same_loss(recipe, distributed, tmp_path, tok_dir):
     """The HF export (MLCD + projector + Qwen3 safetensors) read back with transformers gives the
-    megatron model's per-token losses on a packed batch with images."""
+    megatron model's per-token losses on a packed batch with images; so does training's loss-rows path."""
     from ovpipe.models.convert import export_hf
     from ovpipe.models.hf_vlm import HFVisionLanguageModel
     from ovpipe.models.vlm import build_model
@@ -163,6 +163,12 @@ def test_hf_export_reloads_with_the_same_loss(recipe, distributed, tmp_path, tok
     labels = mb.labels.clamp(min=0)
     with torch.no_grad():
         ours = model(mb.input_ids, mb.position_ids, labels=labels, images=mb.images, packed_seq_params=psp)[0]
+        # training's path: the output layer on the loss positions only, the same losses there
+        masked = model(mb.input_ids, mb.position_ids, labels=labels, images=mb.images, packed_seq_params=psp,
+                       loss_mask=mb.loss_mask)[0]
+    keep = mb.loss_mask[0]
+    assert 0 < keep.sum() < len(keep)
+    assert torch.allclose(masked, ours * keep, atol=1e-6), (masked - ours * keep).abs().max()
     out = export_hf(model, recipe, tok_dir, str(tmp_path / "hf"), vocab)
     hf = HFVisionLanguageModel.from_export(out)
     cu = mb.cu_seqlens.tolist()

@@ -16,13 +16,16 @@ from ovpipe.data.synth_stages import (
     ALIGN_BAD_KINDS,
     BACKGROUNDS,
     CELLS,
+    OPTIONS,
     SFT_BAD_KINDS,
     TEXT_WORDS,
     ZH,
     align_samples,
+    answer_choices,
     eval_items,
     in_eval_space,
     sft_samples,
+    with_options,
 )
 
 VOCAB = load_vocab(str(Path(__file__).resolve().parents[1] / "configs" / "vocab" / "tiny-concepts.txt"))
@@ -273,3 +276,22 @@ def test_backgrounds_are_neutral_unless_shapes_take_both(sft):
         assert m["scene"]["background"] not in colors
         if not set(BACKGROUNDS) <= colors:
             assert m["scene"]["background"] in BACKGROUNDS
+
+
+def test_sft_options_fraction_lists_every_answer_as_eval_does():
+    def asked(fraction):
+        return [q for s in sft_samples(5, 0, 200, VOCAB, question_types=("color", "shape", "count", "position"),
+                                       options_fraction=fraction, caption_fraction=0.0, bad_fraction=0)
+                for q in _meta(s)["qa"]]
+    plain, half = asked(0.0), asked(0.5)
+    assert not any(OPTIONS[lang][0] in q["question"] for q in plain for lang in OPTIONS)
+    listed = [q for q in half if any(OPTIONS[lang][0] in q["question"] for lang in OPTIONS)]
+    assert 0.3 * len(half) < len(listed) < 0.7 * len(half)
+    assert {q["type"] for q in listed} == {"color", "shape", "count"}  # never position
+    for q in listed:
+        lang = "zh" if OPTIONS["zh"][0] in q["question"] else "en"
+        bare, options = q["question"].split(OPTIONS[lang][0])
+        assert options.split(OPTIONS[lang][1]) == answer_choices(q["type"], lang) and q["answer"] in options
+    # the same multiple-choice form as the eval's mc tasks
+    item = next(eval_items(7, 1, VOCAB, task="shape", lang="zh"))
+    assert with_options(item["question"], "shape", "zh").endswith(OPTIONS["zh"][1].join(item["choices"]))

@@ -129,6 +129,7 @@ class StageDataConfig:
     questions: list[str] = field(default_factory=lambda: ["color", "shape", "count", "position", "text"])
     max_turns: int = 3
     caption_fraction: float = 0.1
+    options_fraction: float = 0.0  # share of color/shape/count questions asked with their options listed
 
 
 @dataclass
@@ -252,6 +253,7 @@ class EvalConfig:
     before: bool = True  # also score the untrained model (same recipe and seed)
     blind: bool = True  # also score the trained model with every image flat gray (must stay near chance)
     after_each_stage: bool = False  # evaluate stage1 and mid too, not only sft
+    parallel_runs: int = 1  # lmms-eval runs (trained, before, blind) at once: >1 on CPU, 1 per GPU
 
 
 @dataclass
@@ -336,7 +338,8 @@ POSITIVE = {"data.group_size", "data.workers", "synth.shards", "synth.samples_pe
             "packing.sequences_per_shard", "packing.tokenizer_vocab", "train.processes", "train.tensor_parallel",
             "train.pipeline_parallel", "train.micro_batch", "train.global_batch", "train.cluster.nodes",
             "train.cluster.gpus_per_node", "model.llm.hidden_size", "model.llm.num_layers",
-            "model.vision.hidden_size", "model.vision.num_hidden_layers", "eval.count", "eval.batch_size"}
+            "model.vision.hidden_size", "model.vision.num_hidden_layers", "eval.count", "eval.batch_size",
+            "eval.parallel_runs"}
 
 
 def _type_ok(value: Any, tp: Any) -> bool:

@@ -32,7 +32,7 @@ def _samples(ctx: Context, index: int, dataset: str):
                                           size=cfg.image_size)
     return synth_stages.sft_samples(ctx.recipe.seed, index, cfg.synth_samples_per_shard, vocab, size=cfg.image_size,
                                     question_types=tuple(cfg.questions), max_turns=cfg.max_turns,
-                                    caption_fraction=cfg.caption_fraction)
+                                    caption_fraction=cfg.caption_fraction, options_fraction=cfg.options_fraction)
 
 
 def _n_shards(ctx: Context, dataset: str) -> int:

@@ -60,6 +60,7 @@ _SIZE_FRAC = (0.25, 0.38)
 _TEXT_P, _SAME_P, _PNG_P = 0.2, 0.3, 0.5
 _MIN_DIST = 120  # background vs shape / text colour
 BACKGROUNDS = ("white", "black")
+OPTIONS = {"en": ("\nOptions: ", ", "), "zh": ("\n选项：", "、")}  # multiple choice: question + head + choices
 # Question kind -> (English, Chinese) template; fields {s} shape, {sp} plural, {c} colour.
 _Q = {"color_one": ("What color is the {s}?", "{s}是什么颜色？"),
       "color_all": ("What color are the shapes?", "这些图形是什么颜色？"),
@@ -85,6 +86,18 @@ def _pick(rng: np.random.Generator, options):
 
 def _word(w: str, lang: str) -> str:
     return ZH[w] if lang == "zh" else w
+
+
+def answer_choices(task: str, lang: str) -> list[str]:
+    """Every answer a color / shape / count question can have, in a fixed order: the options of its
+    multiple-choice form."""
+    answers = {"color": list(COLORS), "shape": list(SHAPES), "count": [NUMBER_WORDS[n] for n in (1, 2, 3, 4)]}
+    return [_word(a, lang) for a in answers[task]]
+
+
+def with_options(question: str, task: str, lang: str) -> str:
+    head, sep = OPTIONS[lang]
+    return question + head + sep.join(answer_choices(task, lang))
 
 
 def _cell(v: float, n: int) -> int:
@@ -316,23 +329,25 @@ def _align(seed, shard, count, index, size, zh_fraction, bad_fraction) -> Iterat
 
 def sft_samples(seed: int, shard: int, count: int, vocab: list[str], *, split: str = "train", size: int = 64,
                 zh_fraction: float = 0.3, bad_fraction: float = 0.02, caption_fraction: float = 0.1,
-                question_types: tuple[str, ...] = QUESTION_TYPES, max_turns: int = 3) -> Iterator[dict]:
+                question_types: tuple[str, ...] = QUESTION_TYPES, max_turns: int = 3,
+                options_fraction: float = 0.0) -> Iterator[dict]:
     """Stage-2 instruction samples; key f"sft-{split}-{shard:05d}{i:06d}" (split: "train" or "val").
 
     json: conversation (1..max_turns user turns, the first prefixed "<image>\\n", each followed by a
     one-word assistant answer; or one caption request), scene, lang, bad (None or one of SFT_BAD_KINDS),
     and qa [{"type": color|shape|count|position|text|caption, "question", "answer"}] per turn. Each turn
-    picks a type uniformly among the `question_types` the image can answer.
+    picks a type uniformly among the `question_types` the image can answer; a color / shape / count
+    question lists its options (multiple-choice form, as eval asks it) with probability options_fraction.
     """
     _check("sft_samples", seed=seed, shard=shard, count=count, vocab=vocab, split=split, size=size,
            zh_fraction=zh_fraction, bad_fraction=bad_fraction, caption_fraction=caption_fraction,
-           question_types=question_types, max_turns=max_turns)
+           question_types=question_types, max_turns=max_turns, options_fraction=options_fraction)
     return _sft(seed, shard, count, _vocab_index(vocab), split, size, zh_fraction, bad_fraction,
-                caption_fraction, tuple(question_types), max_turns)
+                caption_fraction, tuple(question_types), max_turns, options_fraction)
 
 
 def _sft(seed, shard, count, index, split, size, zh_fraction, bad_fraction, caption_fraction, types,
-         max_turns) -> Iterator[dict]:
+         max_turns, options_fraction) -> Iterator[dict]:
     bad_at = _bad_slots(_rng(seed, "sft", split, shard, _BAD, 0), count, bad_fraction, SFT_BAD_KINDS)
     for i in range(count):
         rng = _rng(seed, "sft", split, shard, _SAMPLE, i)
@@ -348,6 +363,8 @@ def _sft(seed, shard, count, index, split, size, zh_fraction, bad_fraction, capt
                 kind = _pick(rng, sorted(pool))
                 q, a = pool[kind].pop(int(rng.integers(len(pool[kind]))))
                 pool = {k: v for k, v in pool.items() if v}
+                if options_fraction and kind in TASKS and rng.random() < options_fraction:  # no draw at 0
+                    q = with_options(q, kind, lang)
                 qa.append({"type": kind, "question": q, "answer": a})
         if not qa:  # a caption request, or the image answers none of the question types
             qa = [{"type": "caption", "question": _ask("caption", lang), "answer": caption(rng, sc, lang)}]
@@ -393,7 +410,7 @@ def eval_items(seed: int, count: int, vocab: list[str], *, task: str, size: int 
 def _eval(seed, count, task, size, lang) -> Iterator[dict]:
     answers = {"color": list(COLORS), "shape": list(SHAPES), "count": [1, 2, 3, 4]}[task]
     word = lambda a: _word(NUMBER_WORDS[a] if task == "count" else a, lang)
-    choices = [word(a) for a in answers]
+    choices = answer_choices(task, lang)
     for i in range(count):
         rng = _rng(seed, "eval", "eval", _TASK[task], _SAMPLE, i)
         answer = answers[i % len(answers)]

@@ -30,13 +30,12 @@ import re
 from collections import Counter
 
 from ovpipe.data.synth import COLORS, NUMBER_WORDS, PLURAL, SHAPES, _an, _join
-from ovpipe.data.synth_stages import TASKS, _ask, eval_items
+from ovpipe.data.synth_stages import TASKS, _ask, eval_items, with_options
 
 GROUP = "ovpipe_local"
 UNTIL = ["<|im_end|>", "\n"]
 SHORT_TOKENS, CAPTION_TOKENS = 8, 48
 _PUNCT = ".,!?;:。，！？；：、'\"“”‘’`)( "
-_OPTIONS = {"en": ("\nOptions: ", ", "), "zh": ("\n选项：", "、")}
 _METRIC = {"short": "exact_match", "mc": "accuracy", "mc_ll": "accuracy", "caption": "caption_f1"}
 _PROCESS = {"short": "process_short", "mc": "process_mc", "mc_ll": "process_mc_ll", "caption": "process_caption"}
 
@@ -227,10 +226,9 @@ def write_tasks(out_dir: str, *, seed: int = 7, count: int = 100, size: int = 64
                      "answer": it["answer"], "choices": list(it["choices"]), "task": task, "lang": lang,
                      "scene": json.dumps(it["scene"], ensure_ascii=False, sort_keys=True)} for it in items]
             chance = 1 / len(items[0]["choices"]) if items else 0.0
-            head, sep = _OPTIONS[lang]
             emit(f"ovpipe_{task}_{lang}", "short", task, lang, [{**r, "prompt": r["question"]} for r in base], chance)
             emit(f"ovpipe_{task}_mc_{lang}", "mc", task, lang,
-                 [{**r, "prompt": r["question"] + head + sep.join(r["choices"])} for r in base], chance)
+                 [{**r, "prompt": with_options(r["question"], task, lang)} for r in base], chance)
             emit(f"ovpipe_{task}_ll_{lang}", "mc_ll", task, lang, [{**r, "prompt": r["question"]} for r in base],
                  chance)
 

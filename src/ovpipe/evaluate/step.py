@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from ovpipe import manifest, storage
 from ovpipe.evaluate import exports, report
@@ -141,11 +142,17 @@ def run(ctx: Context, checkpoint: str | None = None, log=print) -> dict | None:
             models["before"] = (untrained_export(ctx, os.path.join(tmp, "untrained")), False)
         if cfg.blind:
             models["blind"] = (target["uri"], True)
-        raw = {}
-        for variant, (uri, gray) in models.items():
+
+        def one(variant: str) -> dict:
+            uri, gray = models[variant]
             out = os.path.join(tmp, "lmms-eval", variant)
-            raw[variant] = task_scores(run_lmms_eval(uri, tasks, include, out, cfg, gray=gray, log=log), metric_of)
+            found = task_scores(run_lmms_eval(uri, tasks, include, out, cfg, gray=gray, log=log), metric_of)
             storage.put_tree(out, ctx.uri(step, "lmms-eval", variant))
+            return found
+
+        # each run is mostly its own start-up (imports, task set-up): on CPU they overlap well
+        with ThreadPoolExecutor(max(1, cfg.parallel_runs)) as pool:
+            raw = dict(zip(models, pool.map(one, models)))
         scores = {}
         for task in tasks:
             if task not in raw["score"]:

@@ -2,9 +2,10 @@
 
 megatron-core's local DotProductAttention refuses packed sequences. This module takes its place in
 the layer spec: the same constructor and forward signature, THD inputs [tokens, heads, head_dim]
-with cu_seqlens, and causal scaled dot-product attention run segment by segment, so no token
-attends across sub-samples. Without packed_seq_params (a plain [s, b, h, d] batch) it is causal
-attention over each sequence.
+with cu_seqlens, and causal scaled dot-product attention over the segments padded into one batch
+(one call, not one per sub-sample: a packed row holds a dozen), so no token attends across
+sub-samples. Without packed_seq_params (a plain [s, b, h, d] batch) it is causal attention over
+each sequence.
 """
 from __future__ import annotations
 
@@ -48,6 +49,17 @@ class PackedCausalAttention(MegatronModule):
         cu_kv = packed_seq_params.cu_seqlens_kv.tolist()
         if cu_q != cu_kv:
             raise ValueError("self-attention over packed sequences needs cu_seqlens_q == cu_seqlens_kv")
-        q, k, v = (x.transpose(0, 1) for x in (query, key, value))  # [heads, t, d]
-        parts = [self._attend(q[:, a:b], k[:, a:b], v[:, a:b]) for a, b in zip(cu_q[:-1], cu_q[1:]) if b > a]
-        return torch.cat(parts, dim=0)  # [t, heads * d]; megatron reshapes it to [t, 1, h]
+        cu = packed_seq_params.cu_seqlens_q.to(device=query.device, dtype=torch.long)
+        starts, lens = cu[:-1], cu[1:] - cu[:-1]
+        starts, lens = starts[lens > 0], lens[lens > 0]  # an empty segment would be an all-masked row: NaN
+        span = torch.arange(int(lens.max()), device=query.device)
+        valid = span[None] < lens[:, None]  # [segments, L]
+        index = (starts[:, None] + span[None]).clamp(max=query.shape[0] - 1)
+        q, k, v = (x[index].permute(0, 2, 1, 3) for x in (query, key, value))  # [segments, heads, L, d]
+        mask = torch.tril(torch.ones(len(span), len(span), dtype=torch.bool, device=query.device))
+        mask = (mask[None] & valid[:, None, :])[:, None]  # causal, and no padded key
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale,
+                                             enable_gqa=k.shape[1] != q.shape[1],
+                                             dropout_p=self.dropout if self.training else 0.0)
+        out = out.permute(0, 2, 1, 3)[valid]  # real tokens, in stream order: [t, heads, d]
+        return out.reshape(out.shape[0], -1)  # [t, heads * d]; megatron reshapes it to [t, 1, h]

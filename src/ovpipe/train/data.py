@@ -17,6 +17,7 @@ import io
 import json
 import struct
 import tarfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -129,7 +130,8 @@ def build_micro_batch(records: list[dict], tok, geometry) -> MicroBatch:
 
 
 class StageData:
-    """The micro-batches of one rank for each optimizer step."""
+    """The micro-batches of one rank for each optimizer step; step k+1's are read and decoded in a
+    background thread while step k trains (reads, decoding and tokenizing mostly release the GIL)."""
 
     def __init__(self, prefix: str, tok, geometry, *, seed: int, global_batch: int, micro_batch: int,
                  dp_rank: int = 0, dp_size: int = 1):
@@ -141,8 +143,16 @@ class StageData:
         self.tok, self.geometry = tok, geometry
         self.global_batch, self.micro_batch = global_batch, micro_batch
         self.dp_rank, self.dp_size = dp_rank, dp_size
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="ovpipe-data")
+        self._next: tuple[int, Future] | None = None
 
     def micro_batches(self, step: int) -> list[MicroBatch]:
+        ahead, self._next = self._next, None
+        batches = ahead[1].result() if ahead and ahead[0] == step else self._build(step)
+        self._next = (step + 1, self._pool.submit(self._build, step + 1))
+        return batches
+
+    def _build(self, step: int) -> list[MicroBatch]:
         positions = list(step_positions(step, self.global_batch, self.dp_rank, self.dp_size))
         records = [self.sequences.read(self.order(p)) for p in positions]
         return [build_micro_batch(records[i:i + self.micro_batch], self.tok, self.geometry)

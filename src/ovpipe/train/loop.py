@@ -165,9 +165,10 @@ def _forward_step(data_iterator, model):
     cu = move(mb.cu_seqlens)
     psp = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=mb.max_seqlen,
                           max_seqlen_kv=mb.max_seqlen)
+    mask = move(mb.loss_mask)
     losses = model(move(mb.input_ids), move(mb.position_ids), labels=move(mb.labels),
-                   images=[move(im) for im in mb.images], packed_seq_params=psp)
-    return losses, partial(_loss, move(mb.loss_mask))
+                   images=[move(im) for im in mb.images], packed_seq_params=psp, loss_mask=mask)
+    return losses, partial(_loss, mask)
 
 
 def _loss(loss_mask, losses):
