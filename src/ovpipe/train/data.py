@@ -17,7 +17,7 @@ import io
 import json
 import struct
 import tarfile
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -148,7 +148,12 @@ class StageData:
 
     def micro_batches(self, step: int) -> list[MicroBatch]:
         ahead, self._next = self._next, None
-        batches = ahead[1].result() if ahead and ahead[0] == step else self._build(step)
+        if ahead and ahead[0] == step:
+            batches = ahead[1].result()
+        else:
+            if ahead:  # never two builds at once: they share the Order's cached permutation
+                wait([ahead[1]])
+            batches = self._build(step)
         self._next = (step + 1, self._pool.submit(self._build, step + 1))
         return batches
 
