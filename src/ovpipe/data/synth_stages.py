@@ -60,6 +60,7 @@ _SIZE_FRAC = (0.25, 0.38)
 _TEXT_P, _SAME_P, _PNG_P = 0.2, 0.3, 0.5
 _MIN_DIST = 120  # background vs shape / text colour
 BACKGROUNDS = ("white", "black")
+_ANSWERS = {"color": tuple(COLORS), "shape": tuple(SHAPES), "count": (1, 2, 3, 4)}  # per task, in option order
 OPTIONS = {"en": ("\nOptions: ", ", "), "zh": ("\n选项：", "、")}  # multiple choice: question + head + choices
 # Question kind -> (English, Chinese) template; fields {s} shape, {sp} plural, {c} colour.
 _Q = {"color_one": ("What color is the {s}?", "{s}是什么颜色？"),
@@ -88,11 +89,14 @@ def _word(w: str, lang: str) -> str:
     return ZH[w] if lang == "zh" else w
 
 
+def _answer_word(task: str, answer, lang: str) -> str:
+    return _word(NUMBER_WORDS[answer] if task == "count" else answer, lang)
+
+
 def answer_choices(task: str, lang: str) -> list[str]:
     """Every answer a color / shape / count question can have, in a fixed order: the options of its
     multiple-choice form."""
-    answers = {"color": list(COLORS), "shape": list(SHAPES), "count": [NUMBER_WORDS[n] for n in (1, 2, 3, 4)]}
-    return [_word(a, lang) for a in answers[task]]
+    return [_answer_word(task, a, lang) for a in _ANSWERS[task]]
 
 
 def with_options(question: str, task: str, lang: str) -> str:
@@ -408,8 +412,7 @@ def eval_items(seed: int, count: int, vocab: list[str], *, task: str, size: int 
 
 
 def _eval(seed, count, task, size, lang) -> Iterator[dict]:
-    answers = {"color": list(COLORS), "shape": list(SHAPES), "count": [1, 2, 3, 4]}[task]
-    word = lambda a: _word(NUMBER_WORDS[a] if task == "count" else a, lang)
+    answers = _ANSWERS[task]
     choices = answer_choices(task, lang)
     for i in range(count):
         rng = _rng(seed, "eval", "eval", _TASK[task], _SAMPLE, i)
@@ -422,5 +425,5 @@ def _eval(seed, count, task, size, lang) -> Iterator[dict]:
             if in_eval_space(img):
                 break
         yield {"id": f"eval-{task}-{lang}-{i:06d}", "image": encode_image(img, "png"),
-               "question": _ask(qkind, lang, **fields), "answer": word(answer), "choices": choices,
+               "question": _ask(qkind, lang, **fields), "answer": _answer_word(task, answer, lang), "choices": choices,
                "chance": 1 / len(choices), "scene": {k: sc[k] for k in _SCENE_KEYS}}
