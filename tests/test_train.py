@@ -112,3 +112,19 @@ def test_two_processes_match_one(packed):
     train(packed, "dp1", "stage1", sets, processes=1)
     train(packed, "dp2", "stage1", sets, processes=2)
     assert history(packed, "dp2", "stage1") == pytest.approx(history(packed, "dp1", "stage1"), abs=2e-5)
+
+
+@pytest.mark.parametrize("sets, reason", [
+    (["train.processes=2", "train.global_batch=6", "train.micro_batch=2"], r"global_batch \(6\) must be a multiple"),
+    (["train.processes=3", "train.tensor_parallel=2"], "3 processes cannot hold tensor_parallel=2"),
+])
+def test_a_layout_that_cannot_fit_fails_before_torchrun_starts(tmp_path, monkeypatch, sets, reason):
+    from ovpipe.config import load_recipe
+    from ovpipe.sharded import Context
+    from ovpipe.train import loop
+
+    monkeypatch.setattr(subprocess, "call", lambda *a, **k: pytest.fail("torchrun was launched"))
+    monkeypatch.delenv("RANK", raising=False)
+    ctx = Context(load_recipe(RECIPE, sets), str(tmp_path), "r")
+    with pytest.raises(ValueError, match=reason):
+        loop.train_locally(ctx, "sft", RECIPE, sets)

@@ -129,15 +129,19 @@ def build_micro_batch(records: list[dict], tok, geometry) -> MicroBatch:
                       torch.tensor(cu, dtype=torch.int32), int(lengths.max()), images, len(records))
 
 
+def check_batch(global_batch: int, micro_batch: int, dp_size: int) -> None:
+    if global_batch % (micro_batch * dp_size):
+        raise ValueError(f"train.global_batch ({global_batch}) must be a multiple of micro_batch × data-parallel "
+                         f"size ({micro_batch} × {dp_size})")
+
+
 class StageData:
     """The micro-batches of one rank for each optimizer step; step k+1's are read and decoded in a
     background thread while step k trains (reads, decoding and tokenizing mostly release the GIL)."""
 
     def __init__(self, prefix: str, tok, geometry, *, seed: int, global_batch: int, micro_batch: int,
                  dp_rank: int = 0, dp_size: int = 1):
-        if global_batch % (micro_batch * dp_size):
-            raise ValueError(f"train.global_batch ({global_batch}) must be a multiple of micro_batch × data-parallel "
-                             f"size ({micro_batch} × {dp_size})")
+        check_batch(global_batch, micro_batch, dp_size)
         self.sequences = PackedSequences(prefix)
         self.order = Order(len(self.sequences), seed)
         self.tok, self.geometry = tok, geometry

@@ -27,7 +27,7 @@ from ovpipe.models.vlm import build_model, set_trainable
 from ovpipe.packing.datasets import step_name
 from ovpipe.sharded import Context
 from ovpipe.train import checkpoint
-from ovpipe.train.data import StageData
+from ovpipe.train.data import StageData, check_batch
 from ovpipe.train.tracking import Tracker
 
 STAGES = ("stage1", "mid", "sft")
@@ -55,6 +55,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def check_layout(t, world: int) -> None:
+    """The parallel layout and batch sizes fit `world` processes (raised before any worker starts)."""
+    if world % (t.tensor_parallel * t.pipeline_parallel):
+        raise ValueError(f"{world} processes cannot hold tensor_parallel={t.tensor_parallel} × "
+                         f"pipeline_parallel={t.pipeline_parallel}")
+    if t.pipeline_parallel != 1:
+        raise ValueError("train.pipeline_parallel > 1 is not supported yet (the vision tower sits on the "
+                         "first stage only; see the training README)")
+    check_batch(t.global_batch, t.micro_batch, world // (t.tensor_parallel * t.pipeline_parallel))
+
+
 def init_distributed(recipe: Recipe) -> tuple[int, int]:
     """torch.distributed from torchrun's environment (or a single local process) + megatron's groups."""
     from megatron.core import parallel_state, tensor_parallel
@@ -71,13 +82,7 @@ def init_distributed(recipe: Recipe) -> tuple[int, int]:
         else:
             dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
     t = recipe.train
-    world = dist.get_world_size()
-    if world % (t.tensor_parallel * t.pipeline_parallel):
-        raise ValueError(f"{world} processes cannot hold tensor_parallel={t.tensor_parallel} × "
-                         f"pipeline_parallel={t.pipeline_parallel}")
-    if t.pipeline_parallel != 1:
-        raise ValueError("train.pipeline_parallel > 1 is not supported yet (the vision tower sits on the "
-                         "first stage only; see the training README)")
+    check_layout(t, dist.get_world_size())
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(t.tensor_parallel, t.pipeline_parallel)
     tensor_parallel.model_parallel_cuda_manual_seed(recipe.seed)
@@ -329,11 +334,14 @@ def _finish(tr: Trainer, tracker: Tracker, t_start: float, log) -> dict:
 def train_locally(ctx: Context, stage: str, recipe_uri: str, overrides: list[str] | dict) -> dict | None:
     """Run a stage on this machine: in this process, or under torchrun (gloo on CPU) when the recipe
     asks for train.processes > 1 and we are not already one of torchrun's workers."""
-    n = ctx.recipe.train.processes
+    t = ctx.recipe.train
+    n = t.processes
     if n > 1 and "RANK" not in os.environ:
         import json
         import subprocess
         import sys
+
+        check_layout(t, n)  # fail here with the reason, not inside torchrun's workers (the rest get SIGTERM)
 
         sets = [f"{k}={json.dumps(v)}" for k, v in overrides.items()] if isinstance(overrides, dict) else overrides
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
