@@ -252,6 +252,8 @@ def test_shard_of_2000_is_fast():
     (lambda: eval_items(0, 1, VOCAB, task="color", size=16), "size"),
     (lambda: sft_samples(0, 0, 1, VOCAB, question_types=("colour",)), "question_types"),
     (lambda: sft_samples(0, 0, 1, VOCAB, max_turns=0), "max_turns"),
+    (lambda: sft_samples(0, 0, 1, VOCAB, question_weights={"colour": 2}), "question_weights"),
+    (lambda: sft_samples(0, 0, 1, VOCAB, question_weights={"shape": -1}), "question_weights"),
 ])
 def test_invalid_arguments_raise_eagerly(call, name):
     with pytest.raises(ValueError, match=name):
@@ -268,6 +270,17 @@ def test_sft_question_types_and_turns():
     # images that answer neither type get a caption request instead of an empty conversation
     assert all(m["conversation"][-1]["role"] == "assistant" for m in got)
     assert all(m["qa"][0]["type"] == "caption" for m in got if m["qa"][0]["type"] not in ("shape", "text"))
+
+
+def test_sft_question_weights_shift_the_mix_and_default_to_uniform():
+    def kinds(**kw):
+        return Counter(q["type"] for s in sft_samples(3, 0, 400, VOCAB, question_types=("color", "shape", "count"),
+                                                      max_turns=1, caption_fraction=0.0, bad_fraction=0, **kw)
+                       for q in _meta(s)["qa"])
+    uniform, shape = kinds(), kinds(question_weights={"shape": 4})
+    assert kinds(question_weights={}) == uniform  # no weights: the same data as before the option existed
+    assert shape["shape"] > 1.5 * uniform["shape"] and shape["color"] < uniform["color"]
+    assert kinds(question_weights={"count": 0, "color": 0})["shape"] > 0.4 * 400  # zero weight: when nothing else
 
 
 def test_backgrounds_are_neutral_unless_shapes_take_both(sft):

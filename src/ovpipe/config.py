@@ -125,9 +125,12 @@ class StageDataConfig:
     synth_shards: int = 2
     synth_samples_per_shard: int = 500
     image_size: int = 64  # synthetic images are square
+    zh_fraction: float = 0.3  # share of synthetic samples in Chinese
+    bad_fraction: float = 0.02  # share of deliberately broken samples (the steps must reject and count them)
     # sft only: which one-word question types the synthetic conversations ask, and how many turns at most
     questions: list[str] = field(default_factory=lambda: ["color", "shape", "count", "position", "text"])
     max_turns: int = 3
+    question_weights: dict[str, float] = field(default_factory=dict)  # type -> pick weight (1 if missing)
     caption_fraction: float = 0.1
     options_fraction: float = 0.0  # share of color/shape/count questions asked with their options listed
 

@@ -29,10 +29,13 @@ def _samples(ctx: Context, index: int, dataset: str):
     cfg = getattr(ctx.recipe.packing, dataset)
     if dataset == "stage1":
         return synth_stages.align_samples(ctx.recipe.seed, index, cfg.synth_samples_per_shard, vocab,
-                                          size=cfg.image_size)
+                                          size=cfg.image_size, zh_fraction=cfg.zh_fraction,
+                                          bad_fraction=cfg.bad_fraction)
     return synth_stages.sft_samples(ctx.recipe.seed, index, cfg.synth_samples_per_shard, vocab, size=cfg.image_size,
+                                    zh_fraction=cfg.zh_fraction, bad_fraction=cfg.bad_fraction,
                                     question_types=tuple(cfg.questions), max_turns=cfg.max_turns,
-                                    caption_fraction=cfg.caption_fraction, options_fraction=cfg.options_fraction)
+                                    question_weights=cfg.question_weights, caption_fraction=cfg.caption_fraction,
+                                    options_fraction=cfg.options_fraction)
 
 
 def _n_shards(ctx: Context, dataset: str) -> int:

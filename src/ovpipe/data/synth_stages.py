@@ -279,7 +279,10 @@ def _check(fn: str, **kw) -> None:
              "lang": (lambda v: v in ("en", "zh"), "'en' or 'zh'"),
              "question_types": (lambda v: bool(v) and set(v) <= set(QUESTION_TYPES),
                                 f"a non-empty subset of {QUESTION_TYPES}"),
-             "max_turns": (lambda v: isinstance(v, (int, np.integer)) and 1 <= v <= 8, "an int in [1, 8]")}
+             "max_turns": (lambda v: isinstance(v, (int, np.integer)) and 1 <= v <= 8, "an int in [1, 8]"),
+             "question_weights": (lambda v: isinstance(v, dict) and set(v) <= set(QUESTION_TYPES) and all(
+                 isinstance(w, (int, float)) and w >= 0 for w in v.values()),
+                 f"a mapping from some of {QUESTION_TYPES} to weights >= 0")}
     problems = []
     for name, value in kw.items():
         ok, fix = rules.get(name) or (lambda v: 0 <= v <= 1, "a fraction in [0, 1]")
@@ -334,24 +337,36 @@ def _align(seed, shard, count, index, size, zh_fraction, bad_fraction) -> Iterat
 def sft_samples(seed: int, shard: int, count: int, vocab: list[str], *, split: str = "train", size: int = 64,
                 zh_fraction: float = 0.3, bad_fraction: float = 0.02, caption_fraction: float = 0.1,
                 question_types: tuple[str, ...] = QUESTION_TYPES, max_turns: int = 3,
-                options_fraction: float = 0.0) -> Iterator[dict]:
+                options_fraction: float = 0.0, question_weights: dict[str, float] | None = None) -> Iterator[dict]:
     """Stage-2 instruction samples; key f"sft-{split}-{shard:05d}{i:06d}" (split: "train" or "val").
 
     json: conversation (1..max_turns user turns, the first prefixed "<image>\\n", each followed by a
     one-word assistant answer; or one caption request), scene, lang, bad (None or one of SFT_BAD_KINDS),
     and qa [{"type": color|shape|count|position|text|caption, "question", "answer"}] per turn. Each turn
-    picks a type uniformly among the `question_types` the image can answer; a color / shape / count
-    question lists its options (multiple-choice form, as eval asks it) with probability options_fraction.
+    picks a type among the `question_types` the image can answer, uniformly or in proportion to
+    `question_weights` (type -> weight, 1 where missing; weight-0 types only when nothing else is). A
+    color / shape / count question lists its options (multiple-choice form, as eval asks it) with
+    probability options_fraction.
     """
     _check("sft_samples", seed=seed, shard=shard, count=count, vocab=vocab, split=split, size=size,
            zh_fraction=zh_fraction, bad_fraction=bad_fraction, caption_fraction=caption_fraction,
-           question_types=question_types, max_turns=max_turns, options_fraction=options_fraction)
+           question_types=question_types, max_turns=max_turns, options_fraction=options_fraction,
+           question_weights=question_weights or {})
     return _sft(seed, shard, count, _vocab_index(vocab), split, size, zh_fraction, bad_fraction,
-                caption_fraction, tuple(question_types), max_turns, options_fraction)
+                caption_fraction, tuple(question_types), max_turns, options_fraction, question_weights or {})
+
+
+def _pick_kind(rng: np.random.Generator, kinds: list[str], weights: dict[str, float]) -> str:
+    if not weights:  # uniform: the draw existing data was made with
+        return _pick(rng, kinds)
+    w = np.array([weights.get(k, 1.0) for k in kinds], dtype=float)
+    if w.sum() <= 0:
+        w[:] = 1.0
+    return kinds[int(rng.choice(len(kinds), p=w / w.sum()))]
 
 
 def _sft(seed, shard, count, index, split, size, zh_fraction, bad_fraction, caption_fraction, types,
-         max_turns, options_fraction) -> Iterator[dict]:
+         max_turns, options_fraction, weights) -> Iterator[dict]:
     bad_at = _bad_slots(_rng(seed, "sft", split, shard, _BAD, 0), count, bad_fraction, SFT_BAD_KINDS)
     for i in range(count):
         rng = _rng(seed, "sft", split, shard, _SAMPLE, i)
@@ -364,7 +379,7 @@ def _sft(seed, shard, count, index, split, size, zh_fraction, bad_fraction, capt
             for _ in range(int(rng.integers(1, max_turns + 1))):
                 if not pool:
                     break
-                kind = _pick(rng, sorted(pool))
+                kind = _pick_kind(rng, sorted(pool), weights)
                 q, a = pool[kind].pop(int(rng.integers(len(pool[kind]))))
                 pool = {k: v for k, v in pool.items() if v}
                 if options_fraction and kind in TASKS and rng.random() < options_fraction:  # no draw at 0
