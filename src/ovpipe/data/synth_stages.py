@@ -348,12 +348,13 @@ def sft_samples(seed: int, shard: int, count: int, vocab: list[str], *, split: s
     color / shape / count question lists its options (multiple-choice form, as eval asks it) with
     probability options_fraction.
     """
+    weights = question_weights or {}
     _check("sft_samples", seed=seed, shard=shard, count=count, vocab=vocab, split=split, size=size,
            zh_fraction=zh_fraction, bad_fraction=bad_fraction, caption_fraction=caption_fraction,
            question_types=question_types, max_turns=max_turns, options_fraction=options_fraction,
-           question_weights=question_weights or {})
+           question_weights=weights)
     return _sft(seed, shard, count, _vocab_index(vocab), split, size, zh_fraction, bad_fraction,
-                caption_fraction, tuple(question_types), max_turns, options_fraction, question_weights or {})
+                caption_fraction, tuple(question_types), max_turns, options_fraction, weights)
 
 
 def _pick_kind(rng: np.random.Generator, kinds: list[str], weights: dict[str, float]) -> str:
