@@ -73,6 +73,16 @@ def test_build_job_dispatches_on_api(recipe):
         launch.build_job(recipe, "pretrain", **KW)
 
 
+@pytest.mark.parametrize("nodes, gpus, match", [
+    (3, 8, r"global_batch \(512\) must be a multiple of micro_batch × data-parallel size \(1 × 6\)"),
+    (1, 2, r"2 processes cannot hold tensor_parallel=4"),
+])
+def test_a_layout_the_cluster_cannot_fit_fails_before_submission(recipe, nodes, gpus, match):
+    for api in ("trainjob", "pytorchjob"):
+        with pytest.raises(ValueError, match=rf"train.cluster \({nodes} nodes × {gpus} GPUs\): .*{match}"):
+            launch.build_job(with_cluster(recipe, api=api, nodes=nodes, gpus_per_node=gpus), "mid", **KW)
+
+
 # ---------------------------------------------------------------- CRD schemas
 
 

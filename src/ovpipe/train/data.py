@@ -27,6 +27,7 @@ from ovpipe import storage
 from ovpipe.models.vision import load_image
 from ovpipe.packing import sequence
 from ovpipe.packing.packed_shards import IDX_SUFFIX, META
+from ovpipe.train.layout import check_batch
 
 IGNORE = -100  # label of positions without a next token (never in the loss; loss_mask is 0 there)
 
@@ -127,12 +128,6 @@ def build_micro_batch(records: list[dict], tok, geometry) -> MicroBatch:
     lengths = np.diff(cu)
     return MicroBatch(cat(ids, np.int64), cat(labels, np.int64), cat(mask, np.float32), cat(pos, np.int64),
                       torch.tensor(cu, dtype=torch.int32), int(lengths.max()), images, len(records))
-
-
-def check_batch(global_batch: int, micro_batch: int, dp_size: int) -> None:
-    if global_batch % (micro_batch * dp_size):
-        raise ValueError(f"train.global_batch ({global_batch}) must be a multiple of micro_batch × data-parallel "
-                         f"size ({micro_batch} × {dp_size})")
 
 
 class StageData:

@@ -32,6 +32,7 @@ from typing import Callable
 import yaml
 
 from ovpipe.config import ClusterConfig, Recipe, load_recipe
+from ovpipe.train.layout import check_layout
 
 STAGES = ("stage1", "mid", "sft")
 TRAINER_API = "trainer.kubeflow.org/v1alpha1"
@@ -128,8 +129,14 @@ def build_pytorchjob(recipe: Recipe, stage: str, *, run_id: str, store: str, rec
 
 
 def build_job(recipe: Recipe, stage: str, **kw) -> dict:
-    """The job `recipe.train.cluster.api` asks for: build_trainjob or build_pytorchjob."""
-    api = recipe.train.cluster.api
+    """The job `recipe.train.cluster.api` asks for: build_trainjob or build_pytorchjob. A layout that
+    cannot fit nodes × gpus_per_node fails here, not minutes later in every pod."""
+    c = recipe.train.cluster
+    try:
+        check_layout(recipe.train, c.nodes * c.gpus_per_node)
+    except ValueError as exc:
+        raise ValueError(f"train.cluster ({c.nodes} nodes × {c.gpus_per_node} GPUs): {exc}") from None
+    api = c.api
     if api == "trainjob":
         return build_trainjob(recipe, stage, **kw)
     if api == "pytorchjob":

@@ -27,7 +27,8 @@ from ovpipe.models.vlm import build_model, set_trainable
 from ovpipe.packing.datasets import step_name
 from ovpipe.sharded import Context
 from ovpipe.train import checkpoint
-from ovpipe.train.data import StageData, check_batch
+from ovpipe.train.data import StageData
+from ovpipe.train.layout import check_layout
 from ovpipe.train.tracking import Tracker
 
 STAGES = ("stage1", "mid", "sft")
@@ -53,17 +54,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def check_layout(t, world: int) -> None:
-    """The parallel layout and batch sizes fit `world` processes (raised before any worker starts)."""
-    if world % (t.tensor_parallel * t.pipeline_parallel):
-        raise ValueError(f"{world} processes cannot hold tensor_parallel={t.tensor_parallel} × "
-                         f"pipeline_parallel={t.pipeline_parallel}")
-    if t.pipeline_parallel != 1:
-        raise ValueError("train.pipeline_parallel > 1 is not supported yet (the vision tower sits on the "
-                         "first stage only; see the training README)")
-    check_batch(t.global_batch, t.micro_batch, world // (t.tensor_parallel * t.pipeline_parallel))
 
 
 def init_distributed(recipe: Recipe) -> tuple[int, int]:
