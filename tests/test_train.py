@@ -128,3 +128,28 @@ def test_a_layout_that_cannot_fit_fails_before_torchrun_starts(tmp_path, monkeyp
     ctx = Context(load_recipe(RECIPE, sets), str(tmp_path), "r")
     with pytest.raises(ValueError, match=reason):
         loop.train_locally(ctx, "sft", RECIPE, sets)
+
+
+@pytest.mark.parametrize("decay, at_steps, expect", [
+    ("cosine", (10, 55, 100), (1e-3, 5.5e-4, 1e-4)),
+    ("wsd", (10, 80, 90, 100), (1e-3, 1e-3, 5.5e-4, 1e-4)),  # anneals over the last 20 steps
+    ("constant", (10, 100), (1e-3, 1e-3)),
+])
+def test_stage_lr_schedules(decay, at_steps, expect):
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    from ovpipe.config import StageConfig
+    from ovpipe.train.loop import lr_schedule
+
+    class Groups:
+        param_groups = [{"lr": 0.0, "weight_decay": 0.0}]
+
+    stage = StageConfig(steps=100, lr=1e-3, min_lr=1e-4, warmup_steps=10, decay=decay)
+    sched = OptimizerParamScheduler(Groups(), start_wd=0.0, end_wd=0.0, wd_incr_steps=100,
+                                    wd_incr_style="constant", **lr_schedule(stage))
+    seen = {}
+    for step in range(1, 101):
+        sched.step(1)
+        seen[step] = Groups.param_groups[0]["lr"]
+    assert seen[5] == pytest.approx(5e-4)  # warmup
+    assert [seen[s] for s in at_steps] == pytest.approx(expect)

@@ -196,6 +196,9 @@ class StageConfig:
     lr: float = 1e-5
     min_lr: float = 1e-6
     warmup_steps: int = 10
+    # cosine: lr → min_lr over the whole stage; wsd: hold lr, then anneal (cosine) over the last decay_steps
+    decay: str = "cosine"  # cosine | linear | wsd | constant
+    decay_steps: int | None = None  # wsd only; null = the last 20% of the steps
     trainable: str = "all"  # projector | all
     data: str | None = _file(help="packed dataset folder (path/URI) to train on; null = this run's pack output "
                                   "for the stage (pack-stage1, pack, pack-sft)")
@@ -331,6 +334,7 @@ CHOICES = {
     "train.stage1.trainable": {"projector", "all"},
     "train.mid.trainable": {"projector", "all"},
     "train.sft.trainable": {"projector", "all"},
+    **{f"train.{st}.decay": {"cosine", "linear", "wsd", "constant"} for st in ("stage1", "mid", "sft")},
     "train.cluster.api": {"trainjob", "pytorchjob"},
     "eval.device": {"auto", "cpu", "cuda"},
 }
@@ -342,7 +346,7 @@ POSITIVE = {"data.group_size", "data.workers", "synth.shards", "synth.samples_pe
             "train.pipeline_parallel", "train.micro_batch", "train.global_batch", "train.cluster.nodes",
             "train.cluster.gpus_per_node", "model.llm.hidden_size", "model.llm.num_layers",
             "model.vision.hidden_size", "model.vision.num_hidden_layers", "eval.count", "eval.batch_size",
-            "eval.parallel_runs"}
+            "eval.parallel_runs", *(f"train.{st}.decay_steps" for st in ("stage1", "mid", "sft"))}
 
 
 def _type_ok(value: Any, tp: Any) -> bool:

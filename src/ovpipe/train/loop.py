@@ -99,6 +99,18 @@ class Trainer:
     history: list = field(default_factory=list)
 
 
+def lr_schedule(s) -> dict:
+    """OptimizerParamScheduler's lr arguments for a stage: linear warmup, then the stage's decay style."""
+    warmup = min(s.warmup_steps, max(s.steps - 1, 0))
+    steps = max(s.steps, 1)
+    out = dict(init_lr=0.0 if warmup else s.lr, max_lr=s.lr, min_lr=s.min_lr, lr_warmup_steps=warmup,
+               lr_decay_steps=steps, lr_decay_style="WSD" if s.decay == "wsd" else s.decay)
+    if s.decay == "wsd":
+        anneal = s.decay_steps if s.decay_steps is not None else max(1, round(0.2 * steps))
+        out.update(wsd_decay_steps=max(1, min(anneal, steps - warmup)), lr_wsd_decay_style="cosine")
+    return out
+
+
 def setup(recipe: Recipe, stage: str, store: str, run_id: str) -> Trainer:
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
@@ -139,11 +151,8 @@ def setup(recipe: Recipe, stage: str, store: str, run_id: str) -> Trainer:
                                  bf16=dtype == torch.bfloat16, params_dtype=dtype,
                                  use_distributed_optimizer=t.distributed_optimizer)
     optimizer = get_megatron_optimizer(opt_config, [ddp])
-    warmup = min(s.warmup_steps, max(s.steps - 1, 0))
-    scheduler = OptimizerParamScheduler(optimizer, init_lr=0.0 if warmup else s.lr, max_lr=s.lr, min_lr=s.min_lr,
-                                        lr_warmup_steps=warmup, lr_decay_steps=max(s.steps, 1),
-                                        lr_decay_style="cosine", start_wd=t.weight_decay, end_wd=t.weight_decay,
-                                        wd_incr_steps=max(s.steps, 1), wd_incr_style="constant")
+    scheduler = OptimizerParamScheduler(optimizer, start_wd=t.weight_decay, end_wd=t.weight_decay,
+                                        wd_incr_steps=max(s.steps, 1), wd_incr_style="constant", **lr_schedule(s))
     data = StageData(data_uri(ctx, stage), tok, recipe.packing, seed=recipe.seed,
                      global_batch=t.global_batch, micro_batch=t.micro_batch, dp_rank=dp_rank, dp_size=dp_size)
     return Trainer(recipe, stage, ctx, ddp, optimizer, scheduler, data)
