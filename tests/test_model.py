@@ -175,3 +175,16 @@ def test_hf_export_reloads_with_the_same_loss(recipe, distributed, tmp_path, tok
     ref = [hf.token_losses(mb.input_ids[0, a:b], labels[0, a:b], [mb.images[i]])
            for i, (a, b) in enumerate(zip(cu[:-1], cu[1:]))]
     assert torch.allclose(ours, torch.cat(ref), atol=1e-5), (ours - torch.cat(ref)).abs().max()
+
+
+def test_random_init_scales_come_from_the_recipe(recipe, distributed):
+    """model.init_std (the LLM) and model.vision.initializer_range (the patch embedding) set the init."""
+    from ovpipe.models.vlm import build_model
+
+    model = build_model(dataclasses.replace(recipe, model=dataclasses.replace(
+        recipe.model, init_std=0.1, vision=dataclasses.replace(recipe.model.vision, initializer_range=0.3))),
+        vocab_size=256, image_pad_id=4)
+    patch = model.vision.encoder.embeddings.patch_embedding.weight
+    qkv = model.language.decoder.layers[0].self_attention.linear_qkv.weight
+    assert patch.std().item() == pytest.approx(0.3, rel=0.1)
+    assert qkv.std().item() == pytest.approx(0.1, rel=0.1)

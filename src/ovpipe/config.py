@@ -163,6 +163,7 @@ class VisionConfig:
     num_hidden_layers: int = 24
     num_attention_heads: int = 16
     intermediate_size: int = 4096
+    initializer_range: float = 0.02  # std of the patch embedding's random init (MLCD's own name)
     weights: str | None = _file(help="MLCDVisionModel folder (path/URI), e.g. converted RICE-ViT; null = random")
 
 

@@ -26,7 +26,7 @@ def mlcd_config(cfg, patch_size: int):
 
     return MLCDVisionConfig(hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
                             num_attention_heads=cfg.num_attention_heads, intermediate_size=cfg.intermediate_size,
-                            patch_size=patch_size, image_size=patch_size * 16)
+                            initializer_range=cfg.initializer_range, patch_size=patch_size, image_size=patch_size * 16)
 
 
 def load_image(blob: bytes, geometry: VisionGeometry) -> torch.Tensor:
