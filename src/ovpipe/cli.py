@@ -10,11 +10,11 @@ import sys
 import time
 
 from ovpipe import storage
+from ovpipe.config import TRAIN_STAGES as STAGES
 from ovpipe.config import ConfigError, load_recipe
 from ovpipe.sharded import Context
 
 STEPS = ("synth", "embed", "concepts", "balance", "caption", "filter", "lengths", "pack")
-STAGES = ("stage1", "mid", "sft")
 DAG_STEPS = STEPS + STAGES + ("eval",)  # what `ovpipe run --from/--until` can name
 DATASET_STEPS = ("synth", "lengths", "pack")  # run per dataset: mid (curated), stage1, sft
 MODULES = {"synth": "ovpipe.data.corpus", "lengths": "ovpipe.packing.lengths", "pack": "ovpipe.packing.pack"}

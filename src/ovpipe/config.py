@@ -319,6 +319,7 @@ def step_settings(step: str) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(Recipe) if f.name not in ("source", "name"))
 
 
+TRAIN_STAGES = ("stage1", "mid", "sft")
 CHOICES = {
     "data.format": {"auto", "webdataset", "parquet"},
     "embed.device": {"auto", "cpu", "cuda"},
@@ -332,10 +333,8 @@ CHOICES = {
     "filter.dedup": {"none", "exact", "near"},
     "packing.too_long": {"reject", "truncate"},
     "train.precision": {"auto", "fp32", "bf16"},
-    "train.stage1.trainable": {"projector", "all"},
-    "train.mid.trainable": {"projector", "all"},
-    "train.sft.trainable": {"projector", "all"},
-    **{f"train.{st}.decay": {"cosine", "linear", "wsd", "constant"} for st in ("stage1", "mid", "sft")},
+    **{f"train.{st}.trainable": {"projector", "all"} for st in TRAIN_STAGES},
+    **{f"train.{st}.decay": {"cosine", "linear", "wsd", "constant"} for st in TRAIN_STAGES},
     "train.cluster.api": {"trainjob", "pytorchjob"},
     "eval.device": {"auto", "cpu", "cuda"},
 }
@@ -347,7 +346,7 @@ POSITIVE = {"data.group_size", "data.workers", "synth.shards", "synth.samples_pe
             "train.pipeline_parallel", "train.micro_batch", "train.global_batch", "train.cluster.nodes",
             "train.cluster.gpus_per_node", "model.llm.hidden_size", "model.llm.num_layers",
             "model.vision.hidden_size", "model.vision.num_hidden_layers", "eval.count", "eval.batch_size",
-            "eval.parallel_runs", *(f"train.{st}.decay_steps" for st in ("stage1", "mid", "sft"))}
+            "eval.parallel_runs", *(f"train.{st}.decay_steps" for st in TRAIN_STAGES)}
 
 
 def _type_ok(value: Any, tp: Any) -> bool:

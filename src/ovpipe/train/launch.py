@@ -31,10 +31,10 @@ from typing import Callable
 
 import yaml
 
+from ovpipe.config import TRAIN_STAGES as STAGES
 from ovpipe.config import ClusterConfig, Recipe, load_recipe
 from ovpipe.train.layout import check_layout
 
-STAGES = ("stage1", "mid", "sft")
 TRAINER_API = "trainer.kubeflow.org/v1alpha1"
 PYTORCH_API = "kubeflow.org/v1"
 PLURALS = {"TrainJob": "trainjobs", "PyTorchJob": "pytorchjobs"}

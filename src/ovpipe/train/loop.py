@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from ovpipe import manifest, storage
+from ovpipe.config import TRAIN_STAGES as STAGES
 from ovpipe.config import Recipe
 from ovpipe.models import cpu_compat, llm
 from ovpipe.models.vlm import build_model, set_trainable
@@ -31,7 +32,6 @@ from ovpipe.train.data import StageData
 from ovpipe.train.layout import check_layout
 from ovpipe.train.tracking import Tracker
 
-STAGES = ("stage1", "mid", "sft")
 DATASET = {"stage1": "stage1", "mid": "mid", "sft": "sft"}
 PREVIOUS = {"stage1": None, "mid": "stage1", "sft": "mid"}
 
