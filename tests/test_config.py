@@ -174,6 +174,7 @@ def test_bad_choice(recipe_dir, text, key, value):
     ("caption:\n  backend: vllm\n", "caption.model"),
     ("caption:\n  languages: [en, fr]\n", "caption.languages"),
     ("concepts:\n  prompt_template: a photo\n", "concepts.prompt_template"),
+    ("train:\n  sft: {decay: cosine, decay_steps: 50}\n", "train.sft.decay_steps"),  # only wsd anneals
 ])
 def test_value_rules(recipe_dir, text, key):
     one_problem(write(recipe_dir, text), key)

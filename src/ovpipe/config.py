@@ -438,6 +438,10 @@ def _check_values(recipe: Recipe, problems: list[str]) -> None:
     unknown = sorted(set(recipe.eval.formats) - {"short", "mc", "mc_ll", "caption"})
     if unknown:
         problems.append(f"eval.formats: unknown {unknown} (known: short, mc, mc_ll, caption)")
+    for st in TRAIN_STAGES:
+        stage = getattr(recipe.train, st)
+        if stage.decay_steps is not None and stage.decay != "wsd":
+            problems.append(f"train.{st}.decay_steps: only wsd has an anneal length (decay is {stage.decay!r})")
     if "{}" not in recipe.concepts.prompt_template:
         problems.append("concepts.prompt_template: must contain '{}' where the concept goes")
 
