@@ -30,9 +30,9 @@ else
 	$(VENV)/bin/ovpipe run --recipe $(RECIPE) --store $(LOCAL_STORE) --run-id $(RUN) $(ARGS)
 endif
 
-# One training stage (stage1 | mid | sft) of an earlier run, from that run's outputs: make run-stage STAGE=mid RUN=tiny
+# One training stage (vit | stage1 | mid | sft) of an earlier run, from that run's outputs: make run-stage STAGE=mid RUN=tiny
 run-stage: install
-	@case "$(STAGE)" in stage1|mid|sft) ;; *) echo "STAGE must be stage1, mid or sft (got '$(STAGE)')"; exit 2;; esac
+	@case "$(STAGE)" in vit|stage1|mid|sft) ;; *) echo "STAGE must be vit, stage1, mid or sft (got '$(STAGE)')"; exit 2;; esac
 ifeq ($(STORE),s3)
 	$(PY) -m ovpipe.s3server run --bucket ovpipe --dir $(CURDIR)/.ovpipe/s3 -- \
 		$(VENV)/bin/ovpipe run --recipe $(RECIPE) --store s3://ovpipe/runs --run-id $(RUN) --from $(STAGE) --until $(STAGE) $(ARGS)

@@ -6,7 +6,7 @@ from pipelines.evaluation import eval_task
 from pipelines.packing import packing_dag
 from pipelines.training import STAGES, training_dag
 
-STEPS = ("synth", "embed", "concepts", "balance", "caption", "filter", "lengths", "pack", *STAGES, "eval")
+STEPS = ("synth", "embed", "concepts", "balance", "caption", "filter", "lengths", "pack", "vit", *STAGES, "eval")
 CURATION = STEPS[:6]
 
 
@@ -22,7 +22,9 @@ def full_dag(recipe: str, store: str, run_id: str, overrides: str, steps=STEPS, 
     for dataset in ("stage1", "sft"):
         packed[dataset] = packing_dag(dataset=dataset, steps=packing, **a)
     stages = tuple(s for s in steps if s in STAGES)
-    trained = training_dag(stages=stages, after=packed if packing else None, **a) if stages else {}
+    trained = {}
+    if stages or "vit" in steps:
+        trained = training_dag(stages=stages, after=packed if packing else None, pretrain="vit" in steps, **a)
     if "eval" in steps:
         # after sft; after stage1 and mid too when the recipe sets eval.after_each_stage (else they skip)
         for stage in STAGES if stages else ("sft",):

@@ -36,7 +36,8 @@ def test_eval_step(tmp_path, tok_dir, monkeypatch):
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     store = str(tmp_path / "store")
     recipe = load_recipe("configs/recipes/tiny.yaml", [f"packing.tokenizer={tok_dir}", "eval.count=4",
-                                                       "eval.formats=[short, mc, caption]", "eval.batch_size=8"])
+                                                       "eval.formats=[short, mc, caption]", "eval.batch_size=8",
+                                                       "vit.steps=0"])
     init_distributed(recipe)
     tok = load_tokenizer(tok_dir)
     vocab = llm.padded_vocab(len(tok))

@@ -12,7 +12,7 @@ PACKED = ("lengths", "pack", "synth-stage1", "lengths-stage1", "pack-stage1", "s
 ALL = ("synth", "embed", "concepts", "balance", "caption", "filter") + PACKED
 STAGES = ("stage1", "mid", "sft")
 FEW_STEPS = [f"train.{s}.{k}={v}" for s in STAGES for k, v in (("steps", 2), ("warmup_steps", 0))] + [
-    "eval.count=3", "eval.formats=[short, caption]"]
+    "eval.count=3", "eval.formats=[short, caption]", "vit.steps=3", "vit.images=32"]
 DATA = ["packing.sft.synth_shards=2", "packing.sft.synth_samples_per_shard=200"]  # both runs: digests compare
 
 
@@ -24,9 +24,11 @@ def _run(store: str, run_id: str = "kfp") -> None:
 
 
 def _trained(store: str) -> None:
-    """The three stages ran on the packed data, each leaving a manifest with its metrics and an HF export."""
+    """The vit step and the three stages ran, each leaving a manifest with its metrics and its weights."""
     from ovpipe import storage
 
+    body = storage.read_json(storage.join(store, "kfp", "vit", "manifest.json"))
+    assert body["metrics"]["steps"] == 3 and storage.exists(storage.join(store, "kfp", "vit", "hf", "config.json"))
     for stage in STAGES:
         body = storage.read_json(storage.join(store, "kfp", stage, "manifest.json"))
         assert body["metrics"]["steps"] == 2 and body["metrics"]["loss_last"] > 0
@@ -64,7 +66,8 @@ def test_local_pipeline_on_seaweedfs_matches_folder_store(direct, s3_root, tmp_p
 
 
 def test_step_ranges():
-    assert select_steps("balance", None) == ("balance", "caption", "filter", "lengths", "pack", *STAGES, "eval")
+    assert select_steps("balance", None) == ("balance", "caption", "filter", "lengths", "pack", "vit", *STAGES, "eval")
+    assert select_steps("stage1", None) == (*STAGES, "eval")  # a rerun of the stages keeps the pretrained tower
     assert select_steps("mid", "mid") == ("mid",)
     assert select_steps(None, "embed") == ("synth", "embed")
     with pytest.raises(ValueError):

@@ -188,3 +188,22 @@ def test_random_init_scales_come_from_the_recipe(recipe, distributed):
     qkv = model.language.decoder.layers[0].self_attention.linear_qkv.weight
     assert patch.std().item() == pytest.approx(0.3, rel=0.1)
     assert qkv.std().item() == pytest.approx(0.1, rel=0.1)
+
+
+ENC, PROJ, LLM = "vision.encoder.", "vision.projector.", "language."
+
+
+@pytest.mark.parametrize("which, frozen, trained", [("projector", (ENC, LLM), (PROJ,)),
+                                                    ("projector+llm", (ENC,), (PROJ, LLM)),
+                                                    ("all", (), (ENC, PROJ, LLM))])
+def test_trainable_freezes_the_rest(recipe, distributed, which, frozen, trained):
+    from ovpipe.models.vlm import build_model, set_trainable
+
+    model = build_model(recipe, vocab_size=256, image_pad_id=4)
+    n = set_trainable(model, which)
+    params = dict(model.named_parameters())
+    assert n == sum(p.numel() for p in params.values() if p.requires_grad) > 0
+    for prefix in frozen:
+        assert not any(p.requires_grad for k, p in params.items() if k.startswith(prefix)), prefix
+    for prefix in trained:
+        assert all(p.requires_grad for k, p in params.items() if k.startswith(prefix)), prefix

@@ -96,15 +96,15 @@ def test_cli_only_reaches_pipelines_dynamically():
 
 
 def test_training_stages_follow_their_data():
-    """stage1 after the stage-1 packing, mid after stage1 and the curated packing, sft after mid and the
-    stage-2 packing; the training tasks need no GPU themselves (the TrainJob has them)."""
+    """stage1 after the vit task and the stage-1 packing, mid after stage1 and the curated packing, sft
+    after mid and the stage-2 packing; the training tasks need no GPU themselves (the TrainJob has them)."""
     spec_doc, _ = _docs(COMPILED / "full.yaml")
     tasks = spec_doc["root"]["dag"]["tasks"]
     train = {t["taskInfo"]["name"]: t for t in tasks.values() if t["componentRef"]["name"].startswith("comp-train")}
     assert set(train) == {"train-stage1", "train-mid", "train-sft"}
     names = {key: t["taskInfo"]["name"] for key, t in tasks.items()}
     deps = {name: {names[d] for d in t.get("dependentTasks", [])} for name, t in train.items()}
-    assert "pack-collect-stage1" in deps["train-stage1"]
+    assert {"vit", "pack-collect-stage1"} <= deps["train-stage1"]
     assert {"train-stage1", "pack-collect-mid"} <= deps["train-mid"]
     assert {"train-mid", "pack-collect-sft"} <= deps["train-sft"]
     executors = spec_doc["deploymentSpec"]["executors"]

@@ -35,7 +35,7 @@ def overrides(store: str, **steps) -> list[str]:
            f"train.mid.data={store}/data/pack-stage1", f"train.sft.data={store}/data/pack-sft"]
     for stage, n in steps.items():
         out += [f"train.{stage}.steps={n}", f"train.{stage}.warmup_steps=0"]
-    return out + ["train.checkpoint_every=2", "train.log_every=1"]
+    return out + ["train.checkpoint_every=2", "train.log_every=1", "vit.steps=0"]  # the vit step: test_vit
 
 
 def train(store: str, run_id: str, stage: str, sets: list[str], processes: int = 1, wait: bool = True):

@@ -15,9 +15,10 @@ from ovpipe.config import ConfigError, load_recipe
 from ovpipe.sharded import Context
 
 STEPS = ("synth", "embed", "concepts", "balance", "caption", "filter", "lengths", "pack")
-DAG_STEPS = STEPS + STAGES + ("eval",)  # what `ovpipe run --from/--until` can name
+DAG_STEPS = STEPS + ("vit",) + STAGES + ("eval",)  # what `ovpipe run --from/--until` can name
 DATASET_STEPS = ("synth", "lengths", "pack")  # run per dataset: mid (curated), stage1, sft
-MODULES = {"synth": "ovpipe.data.corpus", "lengths": "ovpipe.packing.lengths", "pack": "ovpipe.packing.pack"}
+MODULES = {"synth": "ovpipe.data.corpus", "lengths": "ovpipe.packing.lengths", "pack": "ovpipe.packing.pack",
+           "vit": "ovpipe.train.vit"}
 DEFAULT_RECIPE = "configs/recipes/tiny.yaml"
 
 
@@ -93,6 +94,11 @@ def summary(ctx: Context, steps) -> str:
 
             lines.append("\n".join(f"  {'':14s} {line}" for line in text_table(body["metrics"]).splitlines()))
             lines += [f"  {'':14s} report: {r}" for r in body.get("reports", [])]
+        if step == "vit":
+            m = body["metrics"]
+            lines.append(f"  {'':14s} loss {m['loss_first']:.3f} -> {m['loss_last']:.3f} in {m['steps']} steps; "
+                         f"held-out accuracy: shape {m['shape_accuracy']:.2f}, color {m['color_accuracy']:.2f}, "
+                         f"count {m['count_accuracy']:.2f}; tower: {body['outputs'][0]['uri']}")
         if step in STAGES:
             m = body["metrics"]
             lines.append(f"  {'':14s} loss {m['loss_first']:.3f} -> {m['loss_last']:.3f} in {m['steps']} steps, "
@@ -132,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--from", dest="first", choices=DAG_STEPS, default=None, help="first step to run")
     run.add_argument("--until", dest="last", choices=DAG_STEPS, default=None, help="last step to run")
     run.add_argument("--no-cache", action="store_true", help="disable kfp.local caching")
+    vit = sub.add_parser("vit", help="pretrain the vision tower on labelled synthetic scenes (vit.steps > 0)")
+    _common(vit)
     train = sub.add_parser("train", help="train one stage on megatron-core (torchrun when train.processes > 1)")
     _common(train)
     train.add_argument("--stage", required=True, choices=STAGES)
@@ -174,13 +182,15 @@ def main(argv: list[str] | None = None) -> int:
 
             run_eval(ctx, args.checkpoint)
             return 0
-        mod = step_module(args.command)
-        workers = args.workers or ctx.recipe.data.workers
-        kw = {"dataset": args.dataset} if args.command in DATASET_STEPS else {}
-        if args.no_finalize:
-            mod.process(ctx, args.shards, workers, **kw)
-            return 0
-        body = run_step(ctx, args.command, args.shards, workers, **kw)
+        if args.command == "vit":
+            body = run_step(ctx, "vit")
+        else:
+            workers = args.workers or ctx.recipe.data.workers
+            kw = {"dataset": args.dataset} if args.command in DATASET_STEPS else {}
+            if args.no_finalize:
+                step_module(args.command).process(ctx, args.shards, workers, **kw)
+                return 0
+            body = run_step(ctx, args.command, args.shards, workers, **kw)
     except (storage.StorageError, ValueError, RuntimeError, FileNotFoundError) as exc:
         print(f"ovpipe {args.command}: {exc}", file=sys.stderr)
         return 1

@@ -168,6 +168,19 @@ class VisionConfig:
 
 
 @dataclass
+class VitConfig:
+    """The `vit` step: pretrain the vision tower on labelled synthetic scenes when there is no pretrained
+    one to load (tiny recipes; see ovpipe.train.vit). 0 steps = off: stage 1 loads model.vision.weights."""
+    steps: int = 0
+    images: int = 16000  # distinct training scenes (a batch draws from them at random)
+    image_size: int = 64  # scene canvas in pixels, resized onto the token grid like training images
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 20
+    weight_decay: float = 0.05
+
+
+@dataclass
 class LLMConfig:
     """Qwen3 as a megatron-core GPTModel (GQA, SwiGLU, RMSNorm, RoPE, qk-layernorm)."""
     hidden_size: int = 2560
@@ -200,7 +213,7 @@ class StageConfig:
     # cosine: lr → min_lr over the whole stage; wsd: hold lr, then anneal (cosine) over the last decay_steps
     decay: str = "cosine"  # cosine | linear | wsd | constant
     decay_steps: int | None = None  # wsd only; null = the last 20% of the steps
-    trainable: str = "all"  # projector | all
+    trainable: str = "all"  # projector | projector+llm (the vision encoder frozen) | all
     data: str | None = _file(help="packed dataset folder (path/URI) to train on; null = this run's pack output "
                                   "for the stage (pack-stage1, pack, pack-sft)")
 
@@ -275,6 +288,7 @@ class Recipe:
     caption: CaptionConfig = field(default_factory=CaptionConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
     packing: PackingConfig = field(default_factory=PackingConfig)
+    vit: VitConfig = field(default_factory=VitConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -314,6 +328,8 @@ def step_settings(step: str) -> tuple[str, ...]:
         return ("synth.vocab", "packing.tokenizer", "packing.tokenizer_vocab")
     if base == "synth" and dataset:
         return ("synth.vocab", f"packing.{dataset}")
+    if base == "vit":
+        return ("vit", "packing", "model.vision")
     if base in ("lengths", "pack"):
         return ("packing",) + (("synth.vocab",) if dataset else CURATION)
     return tuple(f.name for f in dataclasses.fields(Recipe) if f.name not in ("source", "name"))
@@ -333,7 +349,7 @@ CHOICES = {
     "filter.dedup": {"none", "exact", "near"},
     "packing.too_long": {"reject", "truncate"},
     "train.precision": {"auto", "fp32", "bf16"},
-    **{f"train.{st}.trainable": {"projector", "all"} for st in TRAIN_STAGES},
+    **{f"train.{st}.trainable": {"projector", "projector+llm", "all"} for st in TRAIN_STAGES},
     **{f"train.{st}.decay": {"cosine", "linear", "wsd", "constant"} for st in TRAIN_STAGES},
     "train.cluster.api": {"trainjob", "pytorchjob"},
     "eval.device": {"auto", "cpu", "cuda"},
@@ -346,7 +362,8 @@ POSITIVE = {"data.group_size", "data.workers", "synth.shards", "synth.samples_pe
             "train.pipeline_parallel", "train.micro_batch", "train.global_batch", "train.cluster.nodes",
             "train.cluster.gpus_per_node", "model.llm.hidden_size", "model.llm.num_layers",
             "model.vision.hidden_size", "model.vision.num_hidden_layers", "eval.count", "eval.batch_size",
-            "eval.parallel_runs", *(f"train.{st}.decay_steps" for st in TRAIN_STAGES)}
+            "eval.parallel_runs", "vit.images", "vit.batch_size", "vit.lr",
+            *(f"train.{st}.decay_steps" for st in TRAIN_STAGES)}
 
 
 def _type_ok(value: Any, tp: Any) -> bool:
@@ -442,6 +459,12 @@ def _check_values(recipe: Recipe, problems: list[str]) -> None:
         stage = getattr(recipe.train, st)
         if stage.decay_steps is not None and stage.decay != "wsd":
             problems.append(f"train.{st}.decay_steps: only wsd has an anneal length (decay is {stage.decay!r})")
+    if not 32 <= recipe.vit.image_size <= 512:
+        problems.append(f"vit.image_size: the scene canvas must be 32 to 512 pixels, got {recipe.vit.image_size}")
+    if recipe.vit.steps < 0:
+        problems.append(f"vit.steps: must be >= 0 (0 = no pretraining), got {recipe.vit.steps}")
+    if recipe.vit.steps and recipe.model.vision.weights:
+        problems.append("vit.steps: pretrains a tower, but model.vision.weights already gives one; set one of them")
     if "{}" not in recipe.concepts.prompt_template:
         problems.append("concepts.prompt_template: must contain '{}' where the concept goes")
 

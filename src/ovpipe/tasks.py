@@ -100,6 +100,16 @@ def publish(body: dict | None, dataset_path: str | None = None, metadata: dict |
                 metrics.log_metric(key, float(value))
 
 
+def vit(recipe: str, store: str, run_id: str, overrides: str) -> dict | None:
+    """The vision-tower pretraining step, unless the recipe loads its tower (vit.steps 0: nothing to do)."""
+    ctx = context(recipe, store, run_id, overrides)
+    if not ctx.recipe.vit.steps:
+        return None
+    from ovpipe.train.vit import run
+
+    return run(ctx)
+
+
 def on_kubernetes() -> bool:
     """True inside a pod (the KFP task on a cluster); kfp.local tasks run as local processes."""
     return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))

@@ -8,6 +8,7 @@ codecs and Chinese words come from synth.py, so these scenes look like the curat
   align_samples  stage 1 (LLaVA-558K style): "<image>" -> one short caption.
   sft_samples    stage 2: 1-3 one-word QA turns (color, shape, count, position, text) or a caption.
   eval_items     held-out multiple-choice items for color / shape / count, balanced over answers.
+  scene_images   labelled scenes (scene dict, encoded image) for pretraining the tiny vision tower.
 
 Every question is asked only when the image alone answers it (e.g. "what color is the circle?" needs
 exactly one circle). Each sample draws from default_rng([seed, kind, split, shard, purpose, index]).
@@ -52,7 +53,7 @@ QUESTION_TYPES = ("color", "shape", "count", "position", "text")
 ALIGN_BAD_KINDS = ("corrupt_image", "empty_answer", "placeholder_mismatch")
 SFT_BAD_KINDS = ALIGN_BAD_KINDS + ("no_assistant_turn",)
 EVAL_MOD = 16  # 1/16 of images (by pixel hash) are reserved for evaluation
-_KIND, _SPLIT = {"align": 1, "sft": 2, "eval": 3}, {"train": 1, "val": 2, "eval": 3}
+_KIND, _SPLIT = {"align": 1, "sft": 2, "eval": 3, "vit": 4}, {"train": 1, "val": 2, "eval": 3}
 _TASK = {t: i + 1 for i, t in enumerate(TASKS)}
 _SCENE_KEYS = ("width", "height", "background", "shapes", "text", "text_color")
 _SAMPLE, _BAD = 1, 2  # RNG purposes
@@ -332,6 +333,16 @@ def _align(seed, shard, count, index, size, zh_fraction, bad_fraction) -> Iterat
         conv = _damage(conv, bad, rng)
         ext, payload = ("jpg", _corrupt(rng)) if bad == "corrupt_image" else (ext, encode_image(img, ext))
         yield _sample(f"align-train-{shard:05d}{i:06d}", ext, payload, conv, sc, index, lang, bad)
+
+
+def scene_images(seed: int, split: str, count: int, size: int = 64) -> Iterator[tuple[dict, bytes]]:
+    """(scene, jpg or png bytes) pairs drawn like align_samples' images, from their own streams."""
+    _check("scene_images", seed=seed, split=split, count=count, size=size)
+    for i in range(count):
+        rng = _rng(seed, "vit", split, 0, _SAMPLE, i)
+        ext = "png" if rng.random() < _PNG_P else "jpg"
+        sc, img = _train_scene(rng, size)
+        yield sc, encode_image(img, ext)
 
 
 def sft_samples(seed: int, shard: int, count: int, vocab: list[str], *, split: str = "train", size: int = 64,

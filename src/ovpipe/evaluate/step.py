@@ -42,13 +42,14 @@ def untrained_export(ctx: Context, local_dir: str) -> str:
     from ovpipe.models.vlm import build_model
     from ovpipe.packing.lengths import get_tokenizer, tokenizer_uri
     from ovpipe.train.loop import init_distributed
+    from ovpipe.train.vit import vision_weights
 
     init_distributed(ctx.recipe)
     tok = get_tokenizer(ctx)
     vocab = llm.padded_vocab(len(tok), ctx.recipe.train.tensor_parallel)
     torch.manual_seed(ctx.recipe.seed)  # what train.loop.setup does before stage 1
     model = build_model(ctx.recipe, vocab, image_pad_id=tok.convert_tokens_to_ids("<|image_pad|>"))
-    load_pretrained(model, ctx.recipe)
+    load_pretrained(model, ctx.recipe, vision_weights(ctx))
     return export_hf(model, ctx.recipe, storage.localize(tokenizer_uri(ctx)), local_dir, vocab)
 
 

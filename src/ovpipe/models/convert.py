@@ -106,17 +106,18 @@ def _language_state(model) -> dict:
     return {k: v for k, v in model.language.state_dict().items() if not k.endswith("_extra_state")}
 
 
-def load_pretrained(model, recipe) -> list[str]:
-    """Load the recipe's HF weights (model.vision.weights, model.llm.weights) into a fresh model."""
+def load_pretrained(model, recipe, vision: str | None) -> list[str]:
+    """Load HF weights into a fresh model: the tower from `vision` (train.vit.vision_weights: the recipe's
+    model.vision.weights or the vit step's output), the LLM from model.llm.weights."""
     from transformers import MLCDVisionModel, Qwen3ForCausalLM
 
     from ovpipe import storage
 
     loaded = []
-    if recipe.model.vision.weights:
-        src = MLCDVisionModel.from_pretrained(storage.localize(recipe.model.vision.weights), local_files_only=True)
+    if vision:
+        src = MLCDVisionModel.from_pretrained(storage.localize(vision), local_files_only=True)
         model.vision.encoder.load_state_dict(src.state_dict(), strict=True)
-        loaded.append(recipe.model.vision.weights)
+        loaded.append(vision)
     if recipe.model.llm.weights:
         src = Qwen3ForCausalLM.from_pretrained(storage.localize(recipe.model.llm.weights), local_files_only=True)
         target = _language_state(model)

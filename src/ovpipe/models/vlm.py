@@ -15,7 +15,7 @@ from megatron.core.transformer.module import MegatronModule
 from ovpipe.models import llm as llm_lib
 from ovpipe.models.vision import Projector, VisionTower, mlcd_config
 
-TRAINABLE = {"projector": ("vision.projector.",), "all": ("",)}
+TRAINABLE = {"projector": ("vision.projector.",), "projector+llm": ("vision.projector.", "language."), "all": ("",)}
 
 
 class VisionLanguageModel(MegatronModule):
@@ -86,7 +86,8 @@ def build_model(recipe, vocab_size: int, *, params_dtype=torch.float32, image_pa
 
 
 def set_trainable(model: torch.nn.Module, which: str) -> int:
-    """Freeze everything but `which` (projector | all); returns the number of trainable parameters."""
+    """Freeze everything but `which` (projector | projector+llm | all); returns the number of trainable
+    parameters."""
     prefixes = TRAINABLE[which]
     n = 0
     for name, p in model.named_parameters():

@@ -133,8 +133,9 @@ def setup(recipe: Recipe, stage: str, store: str, run_id: str) -> Trainer:
     prev = PREVIOUS[stage]
     if prev is None:
         from ovpipe.models.convert import load_pretrained
+        from ovpipe.train.vit import vision_weights
 
-        load_pretrained(model, recipe)
+        load_pretrained(model, recipe, vision_weights(ctx))
     else:
         found = checkpoint.latest(checkpoints_uri(ctx, prev))
         if found is None:
