@@ -247,6 +247,12 @@ def test_override_int_for_float_becomes_float(recipe_dir):
     assert r.filter.min_clip_score == 1.0 and type(r.filter.min_clip_score) is float
 
 
+def test_scientific_notation_without_a_dot_is_a_float(recipe_dir):
+    r = load_recipe(write(recipe_dir, "train:\n  mid: {lr: 2e-5}\n"), ["train.sft.lr=1e-4", "vit.lr=3E-3"])
+    assert (r.train.mid.lr, r.train.sft.lr, r.vit.lr) == (2e-5, 1e-4, 3e-3)
+    assert load_recipe(write(recipe_dir, "name: f\n"), ["name=1e5"]).name == "1e5"  # a str field stays a str
+
+
 def test_overrides_as_dict_and_value_with_equals(recipe_dir):
     path = write(recipe_dir, "name: d\n")
     assert load_recipe(path, {"embed.batch_size": 16}).embed.batch_size == 16

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -366,6 +367,9 @@ POSITIVE = {"data.group_size", "data.workers", "synth.shards", "synth.samples_pe
             *(f"train.{st}.decay_steps" for st in TRAIN_STAGES)}
 
 
+_SCIENTIFIC = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
+
+
 def _type_ok(value: Any, tp: Any) -> bool:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -403,6 +407,9 @@ def _build(cls, data: dict, prefix: str, problems: list[str], base_dir: str):
                 continue
             kwargs[key] = _build(tp, value, path + ".", problems, base_dir)
             continue
+        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()) and not _type_ok("", tp) \
+                and _type_ok(1.5, tp):
+            value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
         if not _type_ok(value, tp):
             problems.append(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} ({value!r})")
             continue
