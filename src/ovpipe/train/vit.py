@@ -45,8 +45,9 @@ def vision_weights(ctx: Context) -> str | None:
     if not ctx.recipe.vit.steps:
         return ctx.recipe.model.vision.weights
     if not storage.exists(ctx.uri(STEP, "manifest.json")):
-        raise FileNotFoundError(f"vit.steps={ctx.recipe.vit.steps}: stage 1 starts from the pretrained tower, but "
-                                f"{ctx.uri(STEP, 'manifest.json')} does not exist (run `ovpipe vit` first)")
+        raise FileNotFoundError(f"vit.steps={ctx.recipe.vit.steps}: stage 1 starts from the pretrained tower, "
+                                f"but {ctx.uri(STEP, 'manifest.json')} does not exist (run `ovpipe vit`, or "
+                                "`ovpipe run --from vit`)")
     return tower_uri(ctx)
 
 
