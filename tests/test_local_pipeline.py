@@ -25,10 +25,15 @@ def _run(store: str, run_id: str = "kfp") -> None:
 
 def _trained(store: str) -> None:
     """The vit step and the three stages ran, each leaving a manifest with its metrics and its weights."""
+    from safetensors.torch import load_file
+
     from ovpipe import storage
 
     body = storage.read_json(storage.join(store, "kfp", "vit", "manifest.json"))
-    assert body["metrics"]["steps"] == 3 and storage.exists(storage.join(store, "kfp", "vit", "hf", "config.json"))
+    assert body["metrics"]["steps"] == 3
+    tower, after_stage1 = (load_file(storage.localize(storage.join(store, "kfp", *p, "model.safetensors")))
+                           for p in (("vit", "hf"), ("stage1", "hf", "vision")))
+    assert tower.keys() == after_stage1.keys() and all(tower[k].equal(after_stage1[k]) for k in tower)  # loaded, frozen
     for stage in STAGES:
         body = storage.read_json(storage.join(store, "kfp", stage, "manifest.json"))
         assert body["metrics"]["steps"] == 2 and body["metrics"]["loss_last"] > 0
