@@ -44,6 +44,15 @@ def load_image(blob: bytes, geometry: VisionGeometry) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
 
+def merge_windows(patches: torch.Tensor, grid_h: int, grid_w: int, merge: int) -> torch.Tensor:
+    """[n, grid_h * grid_w, D] row-major patches -> [n, windows, merge * merge, D]: the patches of each
+    merge x merge window (one LLM token each), windows in row-major order."""
+    n, _, d = patches.shape
+    m = merge
+    x = patches.view(n, grid_h // m, m, grid_w // m, m, d).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(n, (grid_h // m) * (grid_w // m), m * m, d)
+
+
 class Projector(nn.Module):
     def __init__(self, vision_dim: int, llm_dim: int, merge: int):
         super().__init__()
@@ -56,10 +65,7 @@ class Projector(nn.Module):
 
     def forward(self, patches: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
         """patches [n, grid_h * grid_w, D] (row-major) -> [n, grid_h/m * grid_w/m, llm_dim]."""
-        m = self.merge
-        n, _, d = patches.shape
-        x = self.norm(patches).view(n, grid_h // m, m, grid_w // m, m, d)
-        x = x.permute(0, 1, 3, 2, 4, 5).reshape(n, (grid_h // m) * (grid_w // m), m * m * d)
+        x = merge_windows(self.norm(patches), grid_h, grid_w, self.merge).flatten(2)
         return self.fc2(self.act(self.fc1(x)))
 
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from ovpipe import manifest, storage
 from ovpipe.data import synth_stages
 from ovpipe.data.synth import COLORS, SHAPES
-from ovpipe.models.vision import load_image, mlcd_config
+from ovpipe.models.vision import load_image, merge_windows, mlcd_config
 from ovpipe.sharded import Context
 
 STEP = "vit"
@@ -72,9 +72,7 @@ def labels(scene: dict, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, 
 def cell_features(patches: torch.Tensor, grid_h: int, grid_w: int, merge: int) -> torch.Tensor:
     """[n, grid_h * grid_w, D] row-major patch features -> [n, cells + 1, D]: the mean over each merge
     window (the projector's grouping), then the mean over the whole image."""
-    n, _, d = patches.shape
-    m = merge
-    x = patches.view(n, grid_h // m, m, grid_w // m, m, d).mean(dim=(2, 4)).reshape(n, -1, d)
+    x = merge_windows(patches, grid_h, grid_w, merge).mean(2)
     return torch.cat([x, patches.mean(1, keepdim=True)], dim=1)
 
 
