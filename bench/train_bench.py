@@ -249,13 +249,13 @@ class HFModel(torch.nn.Module):
 def build_hf(ddp, recipe, vocab: int, tok, pad_id: int):
     from transformers import Qwen3ForCausalLM
 
-    from ovpipe.models.convert import _language_state, megatron_to_hf, qwen3_hf_config
+    from ovpipe.models.convert import language_state, megatron_to_hf, qwen3_hf_config
 
     module = ddp.module
     cfg = qwen3_hf_config(recipe.model.llm, vocab, tok)
     cfg.use_cache = False
     qwen = Qwen3ForCausalLM._from_config(cfg, attn_implementation="sdpa", dtype=torch.float32)
-    qwen.load_state_dict(megatron_to_hf(_language_state(module), recipe.model.llm), strict=True)
+    qwen.load_state_dict(megatron_to_hf(language_state(module), recipe.model.llm), strict=True)
     model = HFModel(copy.deepcopy(module.vision), qwen, pad_id).train()
     t, s = recipe.train, recipe.train.mid
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, betas=(t.adam_beta1, t.adam_beta2), eps=1e-8,

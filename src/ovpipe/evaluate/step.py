@@ -34,23 +34,27 @@ def step_folder(stage: str) -> str:
 
 
 def untrained_export(ctx: Context, local_dir: str) -> str:
-    """The recipe's model at initialization (the seed training starts from), exported like a stage."""
+    """The recipe's model at initialization (the seed training starts from), exported like a stage. Eval is
+    one process, so the model is built unsharded (tensor_parallel 1) with the recipe's vocabulary rows."""
+    import dataclasses
+
     import torch
 
-    from ovpipe.models import llm
-    from ovpipe.models.convert import export_hf, load_pretrained
+    from ovpipe.models.convert import export_hf, language_state, load_pretrained, vocab_rows
     from ovpipe.models.vlm import build_model
     from ovpipe.packing.lengths import get_tokenizer, tokenizer_uri
     from ovpipe.train.loop import init_distributed
     from ovpipe.train.vit import vision_weights
 
-    init_distributed(ctx.recipe)
+    one = dataclasses.replace(ctx.recipe, train=dataclasses.replace(ctx.recipe.train, tensor_parallel=1,
+                                                                   pipeline_parallel=1))
+    init_distributed(one)
     tok = get_tokenizer(ctx)
-    vocab = llm.padded_vocab(len(tok), ctx.recipe.train.tensor_parallel)
+    vocab, rows = vocab_rows(ctx.recipe, len(tok))
     torch.manual_seed(ctx.recipe.seed)  # what train.loop.setup does before stage 1
-    model = build_model(ctx.recipe, vocab, image_pad_id=tok.convert_tokens_to_ids("<|image_pad|>"))
-    load_pretrained(model, ctx.recipe, vision_weights(ctx))
-    return export_hf(model, ctx.recipe, storage.localize(tokenizer_uri(ctx)), local_dir, vocab)
+    model = build_model(one, vocab, image_pad_id=tok.convert_tokens_to_ids("<|image_pad|>"))
+    load_pretrained(model, one, vision_weights(ctx))
+    return export_hf(model, one, storage.localize(tokenizer_uri(ctx)), local_dir, rows, language_state(model))
 
 
 def run_lmms_eval(model_uri: str, tasks: list[str], include: list[str], out_dir: str, cfg, *, gray: bool = False,

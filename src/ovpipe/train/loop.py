@@ -95,6 +95,7 @@ class Trainer:
     optimizer: object = None
     scheduler: object = None
     data: StageData = None
+    export_rows: int = 0  # embedding rows the HF export writes (convert.vocab_rows)
     step: int = 0
     history: list = field(default_factory=list)
 
@@ -116,6 +117,7 @@ def setup(recipe: Recipe, stage: str, store: str, run_id: str) -> Trainer:
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
+    from ovpipe.models.convert import vocab_rows
     from ovpipe.packing.lengths import get_tokenizer
 
     if stage not in STAGES:
@@ -124,7 +126,7 @@ def setup(recipe: Recipe, stage: str, store: str, run_id: str) -> Trainer:
     dp_rank, dp_size = init_distributed(recipe)
     t, s = recipe.train, getattr(recipe.train, stage)
     tok = get_tokenizer(ctx)
-    vocab = llm.padded_vocab(len(tok), t.tensor_parallel)
+    vocab, export_rows = vocab_rows(recipe, len(tok))
     dtype = _dtype(recipe)
     torch.manual_seed(recipe.seed)
     model = build_model(recipe, vocab, params_dtype=dtype, image_pad_id=tok.convert_tokens_to_ids("<|image_pad|>"))
@@ -156,7 +158,7 @@ def setup(recipe: Recipe, stage: str, store: str, run_id: str) -> Trainer:
                                         wd_incr_steps=max(s.steps, 1), wd_incr_style="constant", **lr_schedule(s))
     data = StageData(data_uri(ctx, stage), tok, recipe.packing, seed=recipe.seed,
                      global_batch=t.global_batch, micro_batch=t.micro_batch, dp_rank=dp_rank, dp_size=dp_size)
-    return Trainer(recipe, stage, ctx, ddp, optimizer, scheduler, data)
+    return Trainer(recipe, stage, ctx, ddp, optimizer, scheduler, data, export_rows)
 
 
 # ---------------------------------------------------------------- one step
@@ -269,12 +271,15 @@ def run_stage(recipe: Recipe, stage: str, store: str, run_id: str, log=print) ->
     except BaseException:
         tracker.finish("FAILED")
         raise
-    result = _finish(tr, tracker, t_start, log) if rank == 0 else None
+    from ovpipe.models.convert import language_state
+
+    language = language_state(tr.model.module)  # every rank: gathered from the tensor-parallel slices
+    result = _finish(tr, tracker, t_start, log, language) if rank == 0 else None
     dist.barrier()
     return result
 
 
-def _finish(tr: Trainer, tracker: Tracker, t_start: float, log) -> dict:
+def _finish(tr: Trainer, tracker: Tracker, t_start: float, log, language: dict) -> dict:
     """Rank 0: HF export, loss curve, manifest (metrics per DESIGN.md's contract), MLflow artifacts."""
     import json
     import tempfile
@@ -284,11 +289,10 @@ def _finish(tr: Trainer, tracker: Tracker, t_start: float, log) -> dict:
     from ovpipe.packing.lengths import tokenizer_uri
 
     ctx, stage = tr.ctx, tr.stage
-    model = tr.model.module
-    vocab = model.language.embedding.word_embeddings.weight.shape[0]
     hist = tr.history
     with tempfile.TemporaryDirectory() as tmp:
-        out = export_hf(model, tr.recipe, storage.localize(tokenizer_uri(ctx)), os.path.join(tmp, "hf"), vocab)
+        out = export_hf(tr.model.module, tr.recipe, storage.localize(tokenizer_uri(ctx)), os.path.join(tmp, "hf"),
+                        tr.export_rows, language)
         storage.put_tree(out, export_uri(ctx, stage))
         plot = os.path.join(tmp, "loss.png")
         _loss_plot(hist, plot, f"{ctx.run_id} · {stage}")
