@@ -18,7 +18,9 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from ovpipe.config import ClusterConfig, load_recipe
+from ovpipe.storage import S3_ENV
 from ovpipe.train import launch
+from ovpipe.train.tracking import MLFLOW_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 CRDS = Path(__file__).resolve().parents[2] / "shared" / "crds"  # ../shared/crds beside the repo
@@ -250,11 +252,11 @@ def test_secrets_only_by_reference(recipe, monkeypatch):
     for label, job in all_jobs(recipe):
         for c in containers(job):
             env = {e["name"]: e for e in c["env"]}
-            for key in launch.S3_KEYS + launch.MLFLOW_KEYS:
+            for key in S3_ENV + MLFLOW_ENV:
                 assert "value" not in env[key], f"{label}: {key} has a value"
-            for key in launch.S3_KEYS:
+            for key in S3_ENV:
                 assert env[key]["valueFrom"]["secretKeyRef"] == {"name": "team-s3", "key": key}, label
-            for key in launch.MLFLOW_KEYS:
+            for key in MLFLOW_ENV:
                 assert env[key]["valueFrom"]["secretKeyRef"] == {"name": "team-mlflow", "key": key,
                                                                  "optional": True}, label
 

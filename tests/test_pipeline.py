@@ -37,8 +37,11 @@ def test_compiled_yaml_parses_into_protos():
         configs = {k: json_format.ParseDict(json_format.MessageToDict(v), k8s_pb2.KubernetesExecutorConfig())
                    for k, v in executors.items()}
         assert set(configs) == set(spec.deployment_spec["executors"].keys())
-        for cfg in configs.values():  # every task reads S3 credentials from the Secret, by reference
-            assert [s.secret_name for s in cfg.secret_as_env] == ["ovpipe-s3"]
+        for cfg in configs.values():  # every task reads S3 and MLflow settings from Secrets, by reference
+            assert [(s.secret_name, s.optional) for s in cfg.secret_as_env] == [("ovpipe-s3", False),
+                                                                              ("ovpipe-mlflow", True)]
+            assert {k.env_var for s in cfg.secret_as_env for k in s.key_to_env} >= {"MLFLOW_TRACKING_URI",
+                                                                                   "AWS_ACCESS_KEY_ID"}
 
 
 def test_gpu_only_where_needed():

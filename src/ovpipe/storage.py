@@ -78,6 +78,10 @@ def sha256_bytes(data: bytes) -> str:
 
 # ---------------------------------------------------------------- S3 client and retries
 
+# What a pod needs to reach the object store: keys of the S3 Secret, each set as the variable of its name.
+S3_ENV = ("OVPIPE_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
 @functools.lru_cache(maxsize=None)
 def _client_for(endpoint: str | None, region: str, key_id: str | None, secret: str | None,
                 token: str | None, pid: int):

@@ -12,6 +12,7 @@ import os
 from ovpipe import sharded
 from ovpipe.cli import DATASET_STEPS, make_context, step_module
 from ovpipe.data import source
+from ovpipe.runtime import on_kubernetes
 from ovpipe.sharded import Context
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -110,11 +111,6 @@ def vit(recipe: str, store: str, run_id: str, overrides: str) -> dict | None:
     return run(ctx)
 
 
-def on_kubernetes() -> bool:
-    """True inside a pod (the KFP task on a cluster); kfp.local tasks run as local processes."""
-    return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
-
-
 def train(stage: str, recipe: str, store: str, run_id: str, overrides: str) -> dict:
     """A training stage: locally (in-process or torchrun), or on a cluster as a TrainJob/PyTorchJob that
     this task creates, watches and fails with. Returns the stage's manifest."""
@@ -123,6 +119,9 @@ def train(stage: str, recipe: str, store: str, run_id: str, overrides: str) -> d
 
     ctx = context(recipe, store, run_id, overrides)
     if on_kubernetes():
+        from ovpipe.train.tracking import preflight
+
+        preflight(ctx.store)  # this task gets the same MLflow Secret as the job's pods: fail before the GPUs start
         # every node reads the same resolved recipe (overrides applied), content-addressed in the store
         uri = write_resolved_recipe(ctx)
         job = launch.build_job(ctx.recipe, stage, run_id=ctx.run_id, store=ctx.store, recipe_uri=uri)

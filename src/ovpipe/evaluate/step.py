@@ -99,10 +99,15 @@ def task_scores(results: dict, metrics: dict[str, str]) -> dict[str, float]:
     return out
 
 
-def _mlflow_log(ctx: Context, stage: str, run_id: str, scores: dict, store: str) -> str | None:
-    """Scores onto the MLflow run of the evaluated stage (found through its manifest)."""
+def _stage_mlflow_run(store: str, run_id: str, stage: str) -> str | None:
+    """The MLflow run the evaluated stage logged into (from its manifest), if any."""
     uri = storage.join(store, run_id, stage, "manifest.json")
-    mlflow_run = storage.read_json(uri).get("metrics", {}).get("mlflow_run_id") if storage.exists(uri) else None
+    return storage.read_json(uri).get("metrics", {}).get("mlflow_run_id") if storage.exists(uri) else None
+
+
+def _mlflow_log(ctx: Context, stage: str, run_id: str, scores: dict, store: str) -> str | None:
+    """Scores onto the MLflow run of the evaluated stage."""
+    mlflow_run = _stage_mlflow_run(store, run_id, stage)
     if not mlflow_run:
         return None
     from mlflow.entities import Metric
@@ -128,6 +133,10 @@ def run(ctx: Context, checkpoint: str | None = None, log=print) -> dict | None:
         log(f"eval of {checkpoint}: skipped (eval.after_each_stage is false)")
         return None
     target = exports.resolve(checkpoint or f"latest:{ctx.run_id}", ctx.store, ctx.run_id)
+    from ovpipe.train.tracking import preflight
+
+    # the scores go onto the stage's MLflow run: that store must answer and hold it before lmms-eval starts
+    preflight(ctx.store, _stage_mlflow_run(ctx.store, target["run_id"], target["stage"]))
     step = step_folder(target["stage"])
     with tempfile.TemporaryDirectory(prefix="ovpipe-eval-") as tmp:
         info, include = {}, []

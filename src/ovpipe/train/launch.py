@@ -33,7 +33,9 @@ import yaml
 
 from ovpipe.config import TRAIN_STAGES as STAGES
 from ovpipe.config import ClusterConfig, Recipe, load_recipe
+from ovpipe.storage import S3_ENV
 from ovpipe.train.layout import check_layout
+from ovpipe.train.tracking import MLFLOW_ENV
 
 TRAINER_API = "trainer.kubeflow.org/v1alpha1"
 PYTORCH_API = "kubeflow.org/v1"
@@ -43,8 +45,6 @@ POD_LABEL = {"TrainJob": "jobset.sigs.k8s.io/jobset-name", "PyTorchJob": "traini
 CONTAINER = {"TrainJob": "node", "PyTorchJob": "pytorch"}  # the names each operator looks for
 PYTORCH_PORT = {"name": "pytorchjob-port", "containerPort": 23456}  # the Training Operator's defaults
 GPU = "nvidia.com/gpu"
-S3_KEYS = ("OVPIPE_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-MLFLOW_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 RESTARTS = 3  # restarts of a whole stage (all its nodes) before it counts as failed
 LOG_LINES, LOG_PODS = 50, 4  # log tail in a failure message: lines per pod, pods (failed ones first)
 RUNTIME_FILE = "clustertrainingruntime.yaml"
@@ -284,8 +284,8 @@ def _env(c: ClusterConfig) -> list[dict]:
         return {"name": key, "valueFrom": {"secretKeyRef": ref}}
 
     return ([{"name": "PYTHONUNBUFFERED", "value": "1"}]
-            + [secret(k, c.s3_secret, False) for k in S3_KEYS]
-            + [secret(k, c.mlflow_secret, True) for k in MLFLOW_KEYS])  # training runs without a tracker
+            + [secret(k, c.s3_secret, False) for k in S3_ENV]
+            + [secret(k, c.mlflow_secret, True) for k in MLFLOW_ENV])  # missing: the step says so (tracking)
 
 
 def _resources(c: ClusterConfig) -> dict:

@@ -240,7 +240,11 @@ def _loss_plot(history: list[dict], path: str, title: str) -> None:
 
 def run_stage(recipe: Recipe, stage: str, store: str, run_id: str, log=print) -> dict | None:
     """Train one stage to its step budget (resuming if it was interrupted); returns the manifest (rank 0)."""
+    from ovpipe.train.tracking import preflight
+
     t_start = time.perf_counter()
+    if int(os.environ.get("RANK", "0")) == 0:
+        preflight(store)  # an unreachable tracking server fails the stage now, not after it trained
     tr = setup(recipe, stage, store, run_id)
     rank = dist.get_rank()
     ckpt_root = checkpoints_uri(tr.ctx, stage)
@@ -254,6 +258,7 @@ def run_stage(recipe: Recipe, stage: str, store: str, run_id: str, log=print) ->
         tr.scheduler.load_state_dict(state["scheduler"])
         tr.step, tr.history = state["step"], state["history"]
         if rank == 0:
+            preflight(store, state.get("mlflow_run_id"))
             log(f"[{stage}] resuming from {found['uri']} (step {tr.step})")
     tracker = Tracker(store, run_id, stage, recipe.to_dict(), state.get("mlflow_run_id"), enabled=rank == 0)
     cfg, t = getattr(recipe.train, stage), recipe.train

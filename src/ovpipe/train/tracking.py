@@ -1,24 +1,80 @@
 """MLflow tracking of a training stage: params = the resolved recipe, metrics per step, artifacts.
 
-The tracking URI comes from MLFLOW_TRACKING_URI (the cluster's server); without it, a file store in
-the run's local folder (or ./mlruns when the store is remote). One MLflow run per stage, tagged with
-the ovpipe run id and stage; its id is saved with each checkpoint so a resumed stage logs into the
-same MLflow run.
+The tracking URI comes from MLFLOW_TRACKING_URI (the cluster's server, from the Secret the pods get
+by reference); without it, a file store in the run's local folder (or ./mlruns when the store is
+remote). In a Kubernetes pod an unset URI is an error: a file store there dies with the pod, and the
+eval step would then log to a run id that exists nowhere. One MLflow run per stage, tagged with the
+ovpipe run id and stage; its id is saved with each checkpoint so a resumed stage logs into the same
+MLflow run. `preflight` runs before a stage's or eval's work, so an unreachable server fails the step
+in seconds, not after hours of training.
 """
 from __future__ import annotations
 
 import os
 
 from ovpipe import storage
+from ovpipe.runtime import on_kubernetes
 
 EXPERIMENT = "ovpipe"
+# Keys of the MLflow Secret (train.cluster.mlflow_secret), each set as the variable of its name.
+MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
+class TrackingError(RuntimeError):
+    """The tracking server is missing, unreachable, or does not hold the run a step logs into."""
 
 
 def tracking_uri(store: str) -> str:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
+    if on_kubernetes():
+        raise TrackingError("MLFLOW_TRACKING_URI is not set in this pod: create the Secret named by "
+                            "train.cluster.mlflow_secret (key MLFLOW_TRACKING_URI, e.g. http://mlflow.<ns>:5000) in "
+                            "the namespace of the run, or set MLFLOW_TRACKING_URI=file:/path to log into the pod")
     base = "mlruns" if storage.is_remote(store) else os.path.join(store, "mlruns")
     return "file:" + os.path.abspath(base)
+
+
+def _client(uri: str):
+    import mlflow
+
+    if uri.startswith("file:"):
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # mlflow-skinny refuses file stores otherwise
+    return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def _health(uri: str, timeout: float = 10.0, tries: int = 3) -> None:
+    """An MLflow server answers GET /health with OK; a few tries, seconds apart (a server restarting)."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    last = None
+    for i in range(tries):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+                if r.status == 200:
+                    return
+                last = f"HTTP {r.status}"
+        except (urllib.error.URLError, OSError) as exc:
+            last = str(getattr(exc, "reason", exc))
+        time.sleep(2 * (i + 1) if i + 1 < tries else 0)
+    raise TrackingError(f"MLflow tracking server {uri} is unreachable ({last}); check MLFLOW_TRACKING_URI "
+                        "and the server (the chart's mlflow Service) before rerunning")
+
+
+def preflight(store: str, mlflow_run_id: str | None = None) -> str:
+    """Before the work: the tracking store answers and, when given, holds `mlflow_run_id`. Returns its URI."""
+    uri = tracking_uri(store)
+    if uri.startswith(("http://", "https://")):
+        _health(uri)
+    if mlflow_run_id:
+        try:
+            _client(uri).get_run(mlflow_run_id)
+        except Exception as exc:  # mlflow raises MlflowException (or a transport error) for a missing run
+            raise TrackingError(f"MLflow run {mlflow_run_id} is not in the tracking store {uri}: the stage logged "
+                                "to another store (is MLFLOW_TRACKING_URI the same as where it trained?)") from exc
+    return uri
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:
@@ -40,12 +96,7 @@ class Tracker:
         self.run_id = mlflow_run_id
         if not enabled:
             return
-        import mlflow
-
-        uri = tracking_uri(store)
-        if uri.startswith("file:"):
-            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # mlflow-skinny refuses file stores otherwise
-        self.client = mlflow.MlflowClient(tracking_uri=uri)
+        self.client = _client(tracking_uri(store))
         if self.run_id is None:
             exp = self.client.get_experiment_by_name(EXPERIMENT)
             exp_id = exp.experiment_id if exp else self.client.create_experiment(EXPERIMENT)
