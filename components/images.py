@@ -1,3 +1,11 @@
-"""Container images the components run in (built from images/; tags pinned per release)."""
-DATA_IMAGE = "ghcr.io/ovpipe/ovpipe-data:0.1.0"  # images/data.Dockerfile: CPU steps
-GPU_IMAGE = "ghcr.io/ovpipe/ovpipe-gpu:0.1.0"  # images/gpu.Dockerfile: embed, caption
+"""Container images the components run in (built from images/; images/build.sh tags them).
+
+The registry is OVPIPE_IMAGE_REGISTRY when set at import (compile time): a cluster's mirror, or
+`localhost/ovpipe` for the images `make images` builds here (`ovpipe run --runner docker` sets it).
+"""
+import os
+
+REGISTRY = os.environ.get("OVPIPE_IMAGE_REGISTRY", "ghcr.io/ovpipe")
+VERSION = "0.1.0"
+DATA_IMAGE = f"{REGISTRY}/ovpipe-data:{VERSION}"  # images/data.Dockerfile: CPU steps
+GPU_IMAGE = f"{REGISTRY}/ovpipe-gpu:{VERSION}"  # images/gpu.Dockerfile: embed, caption, eval, training

@@ -4,16 +4,19 @@
 #   docker build -f images/data.Dockerfile \
 #     --build-arg OVPIPE_CODE_VERSION="$(git describe --always --dirty)" \
 #     -t ghcr.io/ovpipe/ovpipe-data:0.1.0 .
+# or `make images` (podman where there is no Docker engine). BASE_IMAGE is any Debian 12-like image with
+# python3 (3.11) and its venv module: a mirrored python:slim, or the one `make base-image` makes offline.
+ARG BASE_IMAGE=python:3.11.14-slim-bookworm
 
 # ---------------------------------------------------------------------------------------------------
 # build: a virtual environment in /opt/venv holding the pinned dependencies, then ovpipe itself.
-FROM python:3.11.14-slim-bookworm AS build
+FROM ${BASE_IMAGE} AS build
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 # pip and the build backend are pinned too, so that building ovpipe does not depend on whatever
 # setuptools is newest on the day of the build (ovpipe is installed without build isolation below).
-RUN python -m venv /opt/venv \
+RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir pip==26.3 setuptools==84.2.1 wheel==0.48.0
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
@@ -32,7 +35,7 @@ RUN pip install --no-cache-dir --no-build-isolation -c constraints.txt . \
 
 # ---------------------------------------------------------------------------------------------------
 # runtime: the same base, the virtual environment, the recipes; no compilers, no build files.
-FROM python:3.11.14-slim-bookworm AS runtime
+FROM ${BASE_IMAGE} AS runtime
 
 RUN groupadd --gid 1000 ovpipe \
  && useradd --uid 1000 --gid 1000 --home-dir /home/ovpipe --create-home --shell /usr/sbin/nologin ovpipe

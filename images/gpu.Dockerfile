@@ -11,14 +11,22 @@
 # `runtime` rather than `cudnn-runtime`: torch brings its own cuDNN (nvidia-cudnn-cu13) from PyPI.
 # Ubuntu 22.04 ships no final Python 3.11, so uv installs a relocatable CPython 3.11 build into
 # /opt/python (the data image runs the same 3.11.14).
+#
+# Every base is a build argument (air-gapped clusters mirror them). The CPU build that `make images`
+# makes here sets BUILD_BASE = RUNTIME_BASE = a Debian 12 base with python3, PYTHON_VERSION= (empty: the
+# base's own Python 3.11 instead of uv's) and OVPIPE_EXTRAS= (no faiss-gpu, no Transformer Engine): the
+# same steps and pins as on a GPU builder, minus CUDA.
+ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.8
+ARG BUILD_BASE=nvidia/cuda:13.0.2-cudnn-devel-ubuntu22.04
+ARG RUNTIME_BASE=nvidia/cuda:13.0.2-runtime-ubuntu22.04
 
-FROM ghcr.io/astral-sh/uv:0.13.8 AS uv
+FROM ${UV_IMAGE} AS uv
 
 # ---------------------------------------------------------------------------------------------------
 # build: CPython + a virtual environment in /opt/venv with the pinned dependencies, then ovpipe.
 # devel: transformer-engine-torch compiles its PyTorch extension against the installed torch (nvcc,
 # CUDA headers); the runtime stage below copies only the resulting venv.
-FROM nvidia/cuda:13.0.2-cudnn-devel-ubuntu22.04 AS build
+FROM ${BUILD_BASE} AS build
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ARG PYTHON_VERSION=3.11.14
@@ -28,8 +36,11 @@ ENV UV_PYTHON_INSTALL_DIR=/opt/python \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 COPY --from=uv /uv /usr/local/bin/uv
-RUN uv python install "${PYTHON_VERSION}" \
- && uv venv --seed --python "${PYTHON_VERSION}" /opt/venv \
+RUN if [ -n "${PYTHON_VERSION}" ]; then \
+        uv python install "${PYTHON_VERSION}" && uv venv --seed --python "${PYTHON_VERSION}" /opt/venv; \
+    else \
+        mkdir -p /opt/python && python3 -m venv /opt/venv; \
+    fi \
  && /opt/venv/bin/pip install --no-cache-dir pip==26.3 setuptools==84.2.1 wheel==0.48.0
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
@@ -52,10 +63,11 @@ COPY pyproject.toml constraints.txt ./
 RUN python -c 'import sys, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; extras = [e for e in sys.argv[1].split(",") if e]; print("\n".join(p["dependencies"] + [d for e in extras for d in p["optional-dependencies"][e]]))' \
         "${OVPIPE_EXTRAS}" > /tmp/requirements.txt \
  && pip install --no-cache-dir -c constraints.txt -r /tmp/requirements.txt \
- && faiss_gpu="$(pip list --format=freeze | grep -i '^faiss-gpu')" \
- && pip uninstall -y faiss-cpu "${faiss_gpu%%==*}" \
- && pip install --no-cache-dir --no-deps "${faiss_gpu}" \
- && python -c 'import importlib.util as u, pathlib; d = pathlib.Path(u.find_spec("faiss").submodule_search_locations[0]); left = sorted(p.name for p in d.glob("_swigfaiss*.abi3.so")); assert not left, f"faiss-cpu module left behind: {left}"'
+ && faiss_gpu="$(pip list --format=freeze | grep -i '^faiss-gpu' || true)" \
+ && if [ -n "${faiss_gpu}" ]; then \
+        pip uninstall -y faiss-cpu "${faiss_gpu%%==*}" && pip install --no-cache-dir --no-deps "${faiss_gpu}"; \
+    fi \
+ && python -c 'import importlib.util as u, pathlib, sys; d = pathlib.Path(u.find_spec("faiss").submodule_search_locations[0]); left = sorted(p.name for p in d.glob("_swigfaiss*.abi3.so")); gpu = "gpu" in sys.argv[1].split(","); assert not (gpu and left), f"faiss-cpu module left behind: {left}"' "${OVPIPE_EXTRAS}"
 
 # The package itself. --no-deps: the layer above installed every dependency, and pip would otherwise
 # bring faiss-cpu back over faiss-gpu. pip check must then report nothing but that missing faiss-cpu.
@@ -66,8 +78,8 @@ RUN pip install --no-cache-dir --no-deps --no-build-isolation -c constraints.txt
         /tmp/pip-check.txt; then echo "pip check failed (above)" >&2; exit 1; fi
 
 # ---------------------------------------------------------------------------------------------------
-# runtime: the same CUDA base, CPython and the virtual environment, the recipes; no build files.
-FROM nvidia/cuda:13.0.2-runtime-ubuntu22.04 AS runtime
+# runtime: the CUDA runtime base (or the CPU build's base), CPython and the venv, the recipes.
+FROM ${RUNTIME_BASE} AS runtime
 
 RUN groupadd --gid 1000 ovpipe \
  && useradd --uid 1000 --gid 1000 --home-dir /home/ovpipe --create-home --shell /usr/sbin/nologin ovpipe

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Build the container images on this machine (images/README.md):
+#   images/build.sh base      a Debian 12 + Python 3.11 base made offline (debootstrap → podman import) and a
+#                             local copy of uv's image (the uv binary from its PyPI wheel), for when no
+#                             registry base can be pulled
+#   images/build.sh images    the data image and a CPU build of the training image (images/gpu.Dockerfile)
+#   images/build.sh tags      the tags the components run (components/images.py, OVPIPE_IMAGE_REGISTRY)
+# ENGINE=docker|podman (default: docker when a Docker engine answers, else podman). A missing podman,
+# buildah, runc or debootstrap is installed with apt-get. Podman reads images/containers.conf (runc,
+# cgroupfs, host network, ulimits at or below the host's) unless CONTAINERS_CONF names another file.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+PY=${PY:-python3}
+BASE=${BASE_IMAGE:-localhost/ovpipe/debian-python:bookworm}
+UV_VERSION=0.13.8
+UV_IMAGE=${UV_IMAGE:-localhost/ovpipe/uv:$UV_VERSION}
+export CONTAINERS_CONF=${CONTAINERS_CONF:-$ROOT/images/containers.conf}
+export OVPIPE_IMAGE_REGISTRY=${OVPIPE_IMAGE_REGISTRY:-localhost/ovpipe}
+
+engine() {
+    if [ -n "${ENGINE:-}" ]; then echo "$ENGINE"; elif docker info >/dev/null 2>&1; then echo docker; else echo podman; fi
+}
+
+need() {  # apt packages for the commands given, installed only when one is missing
+    local missing=()
+    for c in "$@"; do command -v "$c" >/dev/null 2>&1 || missing+=("$c"); done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    echo "installing ${missing[*]} (apt-get)" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends podman buildah runc debootstrap \
+        uidmap ca-certificates >/dev/null
+}
+
+tag() {  # tag NAME: the image tag of DATA_IMAGE / GPU_IMAGE, read from components/images.py
+    "$PY" -c 'import runpy, sys; print(runpy.run_path("components/images.py")[sys.argv[1]])' "$1"
+}
+
+# The builder's own pip settings and trust store travel into RUN steps (podman only): a machine whose pip
+# reads a local wheel mirror, or whose egress needs its own CA, builds with them. Nothing is copied into
+# the image.
+build_mounts() {
+    [ "$(engine)" = podman ] || return 0
+    local p
+    for p in /etc/pip.conf /etc/xdg/pip /opt/pypi /opt/pypi-more /opt/wheels /etc/ssl/certs/ca-certificates.crt; do
+        [ -e "$p" ] && printf -- '-v %s:%s:ro ' "$p" "$p"
+    done
+    return 0
+}
+
+base() {
+    need podman debootstrap runc
+    local e; e=$(engine)
+    if ! $e image exists "$BASE" 2>/dev/null && ! $e image inspect "$BASE" >/dev/null 2>&1; then
+        local rootfs; rootfs=$(mktemp -d /tmp/ovpipe-rootfs.XXXXXX)
+        trap 'rm -rf "$rootfs"' RETURN
+        echo "debootstrap bookworm → $BASE" >&2
+        debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,passwd bookworm "$rootfs" \
+            >/dev/null
+        tar -C "$rootfs" -c . | $e import --change 'CMD ["/bin/bash"]' - "$BASE" >/dev/null
+    fi
+    if ! $e image inspect "$UV_IMAGE" >/dev/null 2>&1; then  # uv's image holds /uv (and /uvx) only
+        local d; d=$(mktemp -d /tmp/ovpipe-uv.XXXXXX)
+        "$PY" -m pip download --quiet --no-deps --only-binary=:all: --platform manylinux_2_17_x86_64 \
+            "uv==$UV_VERSION" -d "$d"
+        (cd "$d" && "$PY" -m zipfile -e uv-*.whl x && cp x/uv-*.data/scripts/uv uv && chmod 755 uv)
+        printf 'FROM scratch\nCOPY uv /uv\n' > "$d/Dockerfile"
+        $e build -q -t "$UV_IMAGE" "$d" >/dev/null
+        rm -rf "$d"
+    fi
+    echo "$BASE $UV_IMAGE"
+}
+
+images() {
+    base >/dev/null
+    local e version; e=$(engine)
+    version=$(git describe --always --dirty 2>/dev/null || echo unknown)
+    # shellcheck disable=SC2046
+    $e build $(build_mounts) -f images/data.Dockerfile --build-arg BASE_IMAGE="$BASE" \
+        --build-arg OVPIPE_CODE_VERSION="$version" -t "$(tag DATA_IMAGE)" .
+    # shellcheck disable=SC2046
+    $e build $(build_mounts) -f images/gpu.Dockerfile --build-arg UV_IMAGE="$UV_IMAGE" \
+        --build-arg BUILD_BASE="$BASE" --build-arg RUNTIME_BASE="$BASE" --build-arg PYTHON_VERSION= \
+        --build-arg OVPIPE_EXTRAS= --build-arg OVPIPE_CODE_VERSION="$version" -t "$(tag GPU_IMAGE)" .
+    tags
+}
+
+tags() {
+    echo "$(tag DATA_IMAGE) $(tag GPU_IMAGE)"
+}
+
+"${1:-images}"
