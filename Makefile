@@ -5,12 +5,13 @@ PY := $(VENV)/bin/python
 RECIPE ?= configs/recipes/tiny.yaml
 RUN ?= tiny
 STORE ?= local
+RUNNER ?= subprocess
 LOCAL_STORE ?= $(or $(OVPIPE_STORE),$(CURDIR)/store)
 PIP_VERSION := 26.3
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: install run run-stage schedule-eval test compile bench lint clean
+.PHONY: install run run-stage schedule-eval test compile bench lint clean base-image images
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
@@ -22,8 +23,12 @@ install: $(VENV)/.installed
 
 # STORE=local (default): a folder; STORE=s3: a SeaweedFS S3 server on 127.0.0.1 for the run's duration,
 # its data kept in .ovpipe/s3 (browse it later: python -m ovpipe.s3server serve --dir .ovpipe/s3).
+# RUNNER=docker: every task inside its component's image (make images), the store on a local S3 server.
 run: install
-ifeq ($(STORE),s3)
+ifeq ($(RUNNER),docker)
+	images/build.sh serve -- $(PY) -m ovpipe.s3server run --bucket ovpipe --dir $(CURDIR)/.ovpipe/s3 -- \
+		$(VENV)/bin/ovpipe run --runner docker --recipe $(RECIPE) --store s3://ovpipe/runs --run-id $(RUN) $(ARGS)
+else ifeq ($(STORE),s3)
 	$(PY) -m ovpipe.s3server run --bucket ovpipe --dir $(CURDIR)/.ovpipe/s3 -- \
 		$(VENV)/bin/ovpipe run --recipe $(RECIPE) --store s3://ovpipe/runs --run-id $(RUN) $(ARGS)
 else
@@ -60,6 +65,13 @@ bench: install
 	$(PY) bench/pack_bench.py --full
 	$(PY) bench/lengths_bench.py
 	$(PY) bench/train_bench.py
+
+# Container images (images/README.md): podman where no Docker engine runs; a missing podman is installed.
+base-image: install
+	PY=$(PY) images/build.sh base
+
+images: install
+	PY=$(PY) images/build.sh images
 
 lint: install
 	$(VENV)/bin/ruff check src components pipelines tests bench

@@ -5,6 +5,8 @@
 #                             registry base can be pulled
 #   images/build.sh images    the data image and a CPU build of the training image (images/gpu.Dockerfile)
 #   images/build.sh tags      the tags the components run (components/images.py, OVPIPE_IMAGE_REGISTRY)
+#   images/build.sh serve -- CMD ...   CMD with DOCKER_HOST at a Docker API: Docker's own, or podman's
+#                             service, started for CMD and stopped after it (kfp.local.DockerRunner needs one)
 # ENGINE=docker|podman (default: docker when a Docker engine answers, else podman). A missing podman,
 # buildah, runc or debootstrap is installed with apt-get. Podman reads images/containers.conf (runc,
 # cgroupfs, host network, ulimits at or below the host's) unless CONTAINERS_CONF names another file.
@@ -12,6 +14,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 PY=${PY:-python3}
+case "$PY" in /*|"") ;; */*) PY="$ROOT/$PY" ;; esac
 BASE=${BASE_IMAGE:-localhost/ovpipe/debian-python:bookworm}
 UV_VERSION=0.13.8
 UV_IMAGE=${UV_IMAGE:-localhost/ovpipe/uv:$UV_VERSION}
@@ -89,4 +92,22 @@ tags() {
     echo "$(tag DATA_IMAGE) $(tag GPU_IMAGE)"
 }
 
-"${1:-images}"
+serve() {
+    [ "${1:-}" = "--" ] && shift
+    if [ -n "${DOCKER_HOST:-}" ] || [ "$(engine)" = docker ]; then "$@"; return; fi
+    need podman runc
+    local sock pid rc=0
+    sock=$(mktemp -u /tmp/ovpipe-podman.XXXXXX.sock)
+    podman system service --time=0 "unix://$sock" &
+    pid=$!
+    for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
+    [ -S "$sock" ] || { kill "$pid" 2>/dev/null; echo "podman system service did not start" >&2; return 1; }
+    DOCKER_HOST="unix://$sock" "$@" || rc=$?
+    kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+    rm -f "$sock"
+    return "$rc"
+}
+
+cmd=${1:-images}
+shift || true
+case "$cmd" in base|images|tags|serve) "$cmd" "$@" ;; *) echo "usage: images/build.sh base|images|tags|serve -- CMD" >&2; exit 2 ;; esac

@@ -45,9 +45,12 @@ RUN if [ -n "${PYTHON_VERSION}" ]; then \
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 
-# Extras of ovpipe to install: `gpu` = faiss-gpu, `train` = Transformer Engine (the training stages). The `vllm` extra (caption.backend=vllm) cannot be
-# added while its vllm pin requires another torch/transformers than the ones pinned here.
+# Extras of ovpipe to install: `gpu` = faiss-gpu, `train` = Transformer Engine (the training stages).
 ARG OVPIPE_EXTRAS=gpu,train
+# REQUIREMENTS: a requirements file to install instead of pyproject's (the captioning image:
+# images/caption-requirements.txt, vLLM on its own pins). Its `# released-pins:` line names the packages
+# of constraints.txt that it may resolve to other versions; every other pin holds.
+ARG REQUIREMENTS=
 
 # Dependencies first, read from pyproject.toml alone, so that a code change reuses this layer.
 # constraints.txt is the `pip freeze` of the environment tested together (../shared/DESIGN.md).
@@ -57,11 +60,18 @@ ARG OVPIPE_EXTRAS=gpu,train
 # `_swigfaiss.so`, and Python prefers the abi3 name: installed together, `import faiss` silently
 # loads the CPU build (no StandardGpuResources). So: remove both, then put faiss-gpu back alone,
 # without dependencies (its CUDA libraries are already installed), and check no abi3 module is left.
-COPY pyproject.toml constraints.txt ./
+COPY pyproject.toml constraints.txt images/caption-requirements.txt ./
 # DL3013 (unpinned pip install) is a false positive: "${faiss_gpu}" is the exact name==version just installed.
 # hadolint ignore=DL3013
-RUN python -c 'import sys, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; extras = [e for e in sys.argv[1].split(",") if e]; print("\n".join(p["dependencies"] + [d for e in extras for d in p["optional-dependencies"][e]]))' \
-        "${OVPIPE_EXTRAS}" > /tmp/requirements.txt \
+RUN if [ -n "${REQUIREMENTS}" ]; then \
+        cp "$(basename "${REQUIREMENTS}")" /tmp/requirements.txt \
+        && released="$(sed -n 's/^# released-pins: *//p' /tmp/requirements.txt | tr ' ' '|')" \
+        && grep -v -i -E "^(${released})==" constraints.txt > /tmp/constraints.txt \
+        && mv /tmp/constraints.txt constraints.txt; \
+    else \
+        python -c 'import sys, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; extras = [e for e in sys.argv[1].split(",") if e]; print("\n".join(p["dependencies"] + [d for e in extras for d in p["optional-dependencies"][e]]))' \
+            "${OVPIPE_EXTRAS}" > /tmp/requirements.txt; \
+    fi \
  && pip install --no-cache-dir -c constraints.txt -r /tmp/requirements.txt \
  && faiss_gpu="$(pip list --format=freeze | grep -i '^faiss-gpu' || true)" \
  && if [ -n "${faiss_gpu}" ]; then \
@@ -70,12 +80,13 @@ RUN python -c 'import sys, tomllib; p = tomllib.load(open("pyproject.toml", "rb"
  && python -c 'import importlib.util as u, pathlib, sys; d = pathlib.Path(u.find_spec("faiss").submodule_search_locations[0]); left = sorted(p.name for p in d.glob("_swigfaiss*.abi3.so")); gpu = "gpu" in sys.argv[1].split(","); assert not (gpu and left), f"faiss-cpu module left behind: {left}"' "${OVPIPE_EXTRAS}"
 
 # The package itself. --no-deps: the layer above installed every dependency, and pip would otherwise
-# bring faiss-cpu back over faiss-gpu. pip check must then report nothing but that missing faiss-cpu.
+# bring faiss-cpu back over faiss-gpu (or, in the captioning image, our torch over vLLM's). pip check
+# must then report nothing about any package but ovpipe (whose own requirements are not all met by design).
 COPY . .
 RUN pip install --no-cache-dir --no-deps --no-build-isolation -c constraints.txt . \
  && { pip check > /tmp/pip-check.txt || true; } \
- && if grep -v -e 'requires faiss-cpu, which is not installed' -e '^No broken requirements found' \
-        /tmp/pip-check.txt; then echo "pip check failed (above)" >&2; exit 1; fi
+ && if grep -v -e '^ovpipe ' -e '^No broken requirements found' /tmp/pip-check.txt; then \
+        echo "pip check failed (above)" >&2; exit 1; fi
 
 # ---------------------------------------------------------------------------------------------------
 # runtime: the CUDA runtime base (or the CPU build's base), CPython and the venv, the recipes.

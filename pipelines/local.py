@@ -1,4 +1,5 @@
-"""Run the DAG on this machine through kfp.local (SubprocessRunner, the installed package)."""
+"""Run the DAG on this machine through kfp.local: SubprocessRunner (the installed package) or DockerRunner
+(each task in its component's image, on the host's network so the local S3 server is reachable)."""
 from typing import Optional, Sequence
 
 from kfp import dsl, local
@@ -15,12 +16,17 @@ def select_steps(first: Optional[str] = None, last: Optional[str] = None) -> Seq
 
 
 def run(recipe: str, store: str, run_id: str, overrides: str, steps: Sequence[str], pipeline_root: str,
-        cache: bool = True) -> None:
-    """Run `steps` of the DAG; raises when a task fails. `overrides` is a JSON object string."""
+        cache: bool = True, runner: str = "subprocess", environment: Optional[dict] = None) -> None:
+    """Run `steps` of the DAG; raises when a task fails. `overrides` is a JSON object string; `environment`:
+    the task containers' variables (docker)."""
 
     @dsl.pipeline(name="ovpipe-local")
     def pipeline(recipe: str, store: str, run_id: str, overrides: str):
         full_dag(recipe, store, run_id, overrides, tuple(steps))
 
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root, enable_caching=cache)
+    if runner == "docker":
+        chosen = local.DockerRunner(network_mode="host", environment=environment or {})
+    else:
+        chosen = local.SubprocessRunner(use_venv=False)
+    local.init(runner=chosen, pipeline_root=pipeline_root, enable_caching=cache)
     pipeline(recipe=recipe, store=store, run_id=run_id, overrides=overrides)

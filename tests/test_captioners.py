@@ -109,3 +109,18 @@ def test_vllm_missing_extra(monkeypatch, tmp_path):
         make_captioner(CaptionConfig(backend="vllm", model=str(tmp_path)))
     assert str(info.value) == VLLM_MISSING
     assert "backend=hf" in VLLM_MISSING and "images/README.md" in VLLM_MISSING
+
+
+def test_caption_step_refuses_a_backend_its_image_lacks(monkeypatch, tmp_path):
+    """A vLLM recipe in an image without vLLM fails before any shard, naming the image to use."""
+    import importlib.util
+
+    from ovpipe.config import ConfigError, load_recipe
+    from ovpipe.curation import caption
+    from ovpipe.sharded import Context
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    recipe = load_recipe("configs/recipes/tiny.yaml", ["caption.backend=vllm", f"caption.model={tmp_path}"])
+    with pytest.raises(ConfigError, match="ovpipe-caption"):
+        caption.process(Context(recipe, str(tmp_path / "store"), "r"))

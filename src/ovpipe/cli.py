@@ -49,20 +49,43 @@ def run_step(ctx: Context, step: str, shards: str = "all", workers: int = 1, dat
     return mod.run(ctx)
 
 
+def container_environment(store: str, root: str) -> dict[str, str]:
+    """What each task container gets (`--runner docker`): the object store's settings, as a pod gets them
+    from its Secret, and one MLflow store that every container sees (in the mounted pipeline root)."""
+    from ovpipe.train.tracking import MLFLOW_ENV
+
+    env = {k: os.environ[k] for k in (*storage.S3_ENV, *MLFLOW_ENV, "AWS_REGION") if os.environ.get(k)}
+    env.setdefault("MLFLOW_TRACKING_URI", "file:" + os.path.join(root, "mlruns"))
+    return env
+
+
 def run_local(args, ctx: Context) -> None:
     """`ovpipe run`: the DAG through kfp.local (pipelines/ holds the kfp side), then a summary."""
-    local = importlib.import_module("pipelines.local")
+    from ovpipe.tasks import stage_local_files, write_resolved_recipe
+
+    docker = args.runner == "docker"
+    if docker:
+        if not storage.is_remote(ctx.store):
+            raise ValueError("--runner docker: task containers reach the store the way pods do, so --store must "
+                             "be s3://… (make run RUNNER=docker starts a SeaweedFS server for it)")
+        os.environ.setdefault("OVPIPE_IMAGE_REGISTRY", "localhost/ovpipe")  # images/build.sh's tags
+    local = importlib.import_module("pipelines.local")  # after the registry is set: components read it
     steps = local.select_steps(args.first, args.last)
     storage.ensure_bucket(ctx.store)
     root = os.path.join(os.path.abspath(".ovpipe") if storage.is_remote(ctx.store) else ctx.store,
                         ctx.run_id, "_kfp")
+    env = None
+    if docker:
+        ctx = stage_local_files(ctx)  # the containers see none of this machine's files
+        os.makedirs(root, exist_ok=True)
+        os.chmod(root, 0o1777)  # the images run as uid 1000
+        env = container_environment(ctx.store, root)
     # The tasks read the resolved recipe (overrides applied) from a content-addressed copy, so
     # kfp.local's cache, keyed on parameters, never serves results made with other settings.
-    from ovpipe.tasks import write_resolved_recipe
-
     recipe = write_resolved_recipe(ctx)
     t0 = time.perf_counter()
-    local.run(recipe, ctx.store, ctx.run_id, "{}", steps, root, cache=not args.no_cache)
+    local.run(recipe, ctx.store, ctx.run_id, "{}", steps, root, cache=not args.no_cache,
+              runner=args.runner, environment=env)
     print(f"\novpipe: {', '.join(steps)} finished in {time.perf_counter() - t0:.0f} s")
     print(summary(ctx, steps))
     print(f"  outputs: {storage.join(ctx.store, ctx.run_id)}   (kfp task logs and artifacts: {root})")
@@ -138,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--from", dest="first", choices=DAG_STEPS, default=None, help="first step to run")
     run.add_argument("--until", dest="last", choices=DAG_STEPS, default=None, help="last step to run")
     run.add_argument("--no-cache", action="store_true", help="disable kfp.local caching")
+    run.add_argument("--runner", choices=("subprocess", "docker"), default="subprocess",
+                     help="subprocess: each task a process of the installed package; docker: each task in its "
+                          "component's image (DOCKER_HOST; make images builds them)")
     vit = sub.add_parser("vit", help="pretrain the vision tower on labelled synthetic scenes (vit.steps > 0)")
     _common(vit)
     train = sub.add_parser("train", help="train one stage on megatron-core (torchrun when train.processes > 1)")

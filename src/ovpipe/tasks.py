@@ -135,6 +135,47 @@ def train(stage: str, recipe: str, store: str, run_id: str, overrides: str) -> d
     return storage.read_json(ctx.uri(stage, "manifest.json"))
 
 
+def stage_local_files(ctx: Context) -> Context:
+    """The same run with every local file the recipe names (vocabularies, tokenizer and weight folders)
+    uploaded to `{store}/{run}/_inputs/<content digest>/<name>` and referred to there: for tasks that do
+    not share this machine's filesystem (containers, pods)."""
+    import dataclasses
+    import hashlib
+
+    from ovpipe import storage
+
+    def digest(path: str) -> str:
+        if os.path.isfile(path):
+            return storage.sha256_uri(path)
+        h = hashlib.sha256()
+        for base, _, files in sorted(os.walk(path)):
+            for name in sorted(files):
+                full = os.path.join(base, name)
+                h.update(f"{os.path.relpath(full, path)}\0{storage.sha256_uri(full)}\n".encode())
+        return h.hexdigest()
+
+    def upload(path: str) -> str:
+        key = digest(path)[:16]
+        dest = storage.join(ctx.store, ctx.run_id, "_inputs", key, os.path.basename(path.rstrip("/")))
+        done = storage.join(ctx.store, ctx.run_id, "_inputs", f"{key}.done")
+        if not storage.exists(done):  # written after the upload: a partial one is redone
+            (storage.put_file if os.path.isfile(path) else storage.put_tree)(path, dest)
+            storage.write_text(done, dest)
+        return dest
+
+    def walk(obj):
+        changes = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                changes[f.name] = walk(value)
+            elif f.metadata.get("file") and value and not storage.is_remote(value):
+                changes[f.name] = upload(value)
+        return dataclasses.replace(obj, **changes)
+
+    return Context(walk(ctx.recipe), ctx.store, ctx.run_id)
+
+
 def write_resolved_recipe(ctx: Context) -> str:
     import yaml
 

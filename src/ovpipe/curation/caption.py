@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from ovpipe import manifest, sharded, storage
 from ovpipe.curation.caption_rules import script_ratio
-from ovpipe.curation.captioners import make_captioner
+from ovpipe.curation.captioners import check_backend, make_captioner
 from ovpipe.data import source, tables
 from ovpipe.data.images import decode_image
 from ovpipe.data.shards import ShardReport, iter_samples
@@ -105,6 +105,7 @@ def caption_shard(ctx: Context, index: int) -> ShardResult:
 
 
 def process(ctx: Context, shards: str = "all", workers: int = 1) -> None:
+    check_backend(ctx.recipe.caption)
     indices = sharded.parse_shards(shards, len(source.input_shards(ctx)))
     sharded.run_shards(ctx, STEP, "caption", indices, caption_shard, workers)
 

@@ -21,8 +21,20 @@ if TYPE_CHECKING:
 
     from ovpipe.config import CaptionConfig
 
-VLLM_MISSING = ("caption.backend=vllm needs vllm installed beside ovpipe (a captioning image on vLLM's own "
-                "environment, see images/README.md), or use caption.backend=hf")
+VLLM_MISSING = ("caption.backend=vllm, but this environment has no vLLM: the caption step runs in the captioning "
+                "image ovpipe-caption (images/gpu.Dockerfile built with REQUIREMENTS=images/caption-requirements.txt, "
+                "vLLM on its own pins; images/README.md), or use caption.backend=hf in ovpipe-gpu")
+
+
+def check_backend(cfg: CaptionConfig) -> None:
+    """Before any shard: the backend the recipe names is in this image (a vLLM recipe in an image without
+    vLLM fails here, naming the image to use, not in every shard's worker)."""
+    import importlib.util
+
+    from ovpipe.config import ConfigError
+
+    if cfg.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise ConfigError(VLLM_MISSING)
 
 
 @runtime_checkable
