@@ -56,11 +56,11 @@ base() {
     local e; e=$(engine)
     if ! $e image exists "$BASE" 2>/dev/null && ! $e image inspect "$BASE" >/dev/null 2>&1; then
         local rootfs; rootfs=$(mktemp -d /tmp/ovpipe-rootfs.XXXXXX)
-        trap 'rm -rf "$rootfs"' RETURN
         echo "debootstrap bookworm → $BASE" >&2
         debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,passwd bookworm "$rootfs" \
             >/dev/null
         tar -C "$rootfs" -c . | $e import --change 'CMD ["/bin/bash"]' - "$BASE" >/dev/null
+        rm -rf "$rootfs"
     fi
     if ! $e image inspect "$UV_IMAGE" >/dev/null 2>&1; then  # uv's image holds /uv (and /uvx) only
         local d; d=$(mktemp -d /tmp/ovpipe-uv.XXXXXX)
@@ -97,10 +97,10 @@ serve() {
     if [ -n "${DOCKER_HOST:-}" ] || [ "$(engine)" = docker ]; then "$@"; return; fi
     need podman runc
     local sock pid rc=0
-    sock=$(mktemp -u /tmp/ovpipe-podman.XXXXXX.sock)
+    sock="$(mktemp -u /tmp/ovpipe-podman-XXXXXX).sock"
     podman system service --time=0 "unix://$sock" &
     pid=$!
-    for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
+    for _ in $(seq 300); do [ -S "$sock" ] && break; sleep 0.1; done
     [ -S "$sock" ] || { kill "$pid" 2>/dev/null; echo "podman system service did not start" >&2; return 1; }
     DOCKER_HOST="unix://$sock" "$@" || rc=$?
     kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true

@@ -98,6 +98,11 @@ def test_tp2_matches_unsharded_and_transformers(tmp_path, tok_dir, tie, odd):
     two = runs[2]
     assert two["rows"] == ckpt["rows"] and two["vocab"] == ckpt["rows"] + int(odd)
     assert two["local_rows"] == two["vocab"] // 2
+    # the memory estimate's per-rank count is what a TP=2 rank really holds
+    from ovpipe.train.memory import estimate
+
+    tp2 = load_recipe("configs/recipes/tiny.yaml", _sets(ckpt, tok_dir, 2))
+    assert estimate(tp2, two["vocab"], gpus=2)["parameters_per_rank"] == two["local_params"]
     # transformers on each sub-sample of the packed batch is the reference
     hf = Qwen3ForCausalLM.from_pretrained(ckpt["llm"]).eval()
     ids, labels = torch.tensor(two["ids"])[None], torch.tensor(two["labels"])

@@ -114,6 +114,14 @@ def test_two_processes_match_one(packed):
     assert history(packed, "dp2", "stage1") == pytest.approx(history(packed, "dp1", "stage1"), abs=2e-5)
 
 
+def test_full_recompute_gives_the_same_steps(packed):
+    """train.recompute=full (each layer recomputed in backward) changes memory, not the losses."""
+    sets = overrides(packed, stage1=3) + ["train.stage1.trainable=all"]
+    train(packed, "rc-none", "stage1", sets)
+    train(packed, "rc-full", "stage1", sets + ["train.recompute=full"])
+    assert history(packed, "rc-full", "stage1") == pytest.approx(history(packed, "rc-none", "stage1"), abs=1e-6)
+
+
 @pytest.mark.parametrize("sets, reason", [
     (["train.processes=2", "train.global_batch=6", "train.micro_batch=2"], r"global_batch \(6\) must be a multiple"),
     (["train.processes=3", "train.tensor_parallel=2"], "3 processes cannot hold tensor_parallel=2"),

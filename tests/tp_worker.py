@@ -48,7 +48,8 @@ def main() -> None:
         with open(os.path.join(args.out, "losses.json"), "w") as f:
             json.dump({"ids": ids[0].tolist(), "labels": labels[0].tolist(), "lengths": lengths,
                        "losses": losses.tolist(), "vocab": vocab, "rows": rows,
-                       "local_rows": model.language.embedding.word_embeddings.weight.shape[0]}, f)
+                       "local_rows": model.language.embedding.word_embeddings.weight.shape[0],
+                       "local_params": sum(p.numel() for p in model.parameters())}, f)
     dist.barrier()
     dist.destroy_process_group()
 

@@ -249,6 +249,8 @@ class TrainConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
     distributed_optimizer: bool = False
+    # activation recomputation: none | full (each layer's input kept, the layer recomputed in backward)
+    recompute: str = "none"
     checkpoint_every: int = 100
     log_every: int = 10
     stage1: StageConfig = field(default_factory=lambda: StageConfig(lr=1e-4, trainable="projector"))
@@ -350,6 +352,7 @@ CHOICES = {
     "filter.dedup": {"none", "exact", "near"},
     "packing.too_long": {"reject", "truncate"},
     "train.precision": {"auto", "fp32", "bf16"},
+    "train.recompute": {"none", "full"},
     **{f"train.{st}.trainable": {"projector", "projector+llm", "all"} for st in TRAIN_STAGES},
     **{f"train.{st}.decay": {"cosine", "linear", "wsd", "constant"} for st in TRAIN_STAGES},
     "train.cluster.api": {"trainjob", "pytorchjob"},

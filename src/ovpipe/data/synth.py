@@ -74,10 +74,12 @@ _GRAMMAR = [
 ]
 
 
-def load_vocab(path: str) -> list[str]:
-    """Concept phrases, one per line (stripped, blank lines skipped); line order = frequency rank."""
-    with open(path, encoding="utf-8") as fh:
-        return [line.strip() for line in fh if line.strip()]
+def load_vocab(uri: str) -> list[str]:
+    """Concept phrases, one per line (stripped, blank lines skipped); line order = frequency rank. A path
+    or an object-store URI."""
+    from ovpipe import storage
+
+    return [line.strip() for line in storage.read_text(uri).splitlines() if line.strip()]
 
 
 def _parse(phrase: str) -> tuple:

@@ -24,7 +24,7 @@ def use_gpu() -> bool:
 
 
 def qwen3_config(cfg, *, params_dtype=torch.float32, tensor_parallel: int = 1, pipeline_parallel: int = 1,
-                 init_std: float = 0.02):
+                 init_std: float = 0.02, recompute: str = "none"):
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     bf16 = params_dtype == torch.bfloat16
@@ -40,6 +40,9 @@ def qwen3_config(cfg, *, params_dtype=torch.float32, tensor_parallel: int = 1, p
         masked_softmax_fusion=False, persist_layer_norm=False, gradient_accumulation_fusion=False,
         calculate_per_token_loss=True,  # the loss is a mean over the global batch's loss tokens
         use_cpu_initialization=not use_gpu(),
+        # full: keep each layer's input and recompute the layer in backward (8k sequences at 8B, see train.memory)
+        **({"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1}
+           if recompute == "full" else {}),
     )
 
 

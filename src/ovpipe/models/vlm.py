@@ -77,7 +77,8 @@ def build_model(recipe, vocab_size: int, *, params_dtype=torch.float32, image_pa
 
     m = recipe.model
     config = llm_lib.qwen3_config(m.llm, params_dtype=params_dtype, tensor_parallel=recipe.train.tensor_parallel,
-                                  pipeline_parallel=recipe.train.pipeline_parallel, init_std=m.init_std)
+                                  pipeline_parallel=recipe.train.pipeline_parallel, init_std=m.init_std,
+                                  recompute=recipe.train.recompute)
     language = llm_lib.build_gpt(m.llm, config, vocab_size)
     encoder = MLCDVisionModel(mlcd_config(m.vision, recipe.packing.patch_size))
     projector = Projector(m.vision.hidden_size, m.llm.hidden_size, recipe.packing.merge_size)
