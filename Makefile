@@ -65,6 +65,7 @@ bench: install
 	$(PY) bench/pack_bench.py --full
 	$(PY) bench/lengths_bench.py
 	$(PY) bench/train_bench.py
+	$(PY) bench/memory_bench.py
 
 # Container images (images/README.md): podman where no Docker engine runs; a missing podman is installed.
 base-image: install

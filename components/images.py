@@ -9,3 +9,5 @@ REGISTRY = os.environ.get("OVPIPE_IMAGE_REGISTRY", "ghcr.io/ovpipe")
 VERSION = "0.1.0"
 DATA_IMAGE = f"{REGISTRY}/ovpipe-data:{VERSION}"  # images/data.Dockerfile: CPU steps
 GPU_IMAGE = f"{REGISTRY}/ovpipe-gpu:{VERSION}"  # images/gpu.Dockerfile: embed, caption, eval, training
+# gpu.Dockerfile with REQUIREMENTS=images/caption-requirements.txt: vLLM on its own pins (caption.backend vllm)
+CAPTION_IMAGE = f"{REGISTRY}/ovpipe-caption:{VERSION}"
