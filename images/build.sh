@@ -54,7 +54,7 @@ build_mounts() {
 base() {
     need podman debootstrap runc
     local e; e=$(engine)
-    if ! $e image exists "$BASE" 2>/dev/null && ! $e image inspect "$BASE" >/dev/null 2>&1; then
+    if ! $e image inspect "$BASE" >/dev/null 2>&1; then
         local rootfs; rootfs=$(mktemp -d /tmp/ovpipe-rootfs.XXXXXX)
         echo "debootstrap bookworm → $BASE" >&2
         debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,passwd bookworm "$rootfs" \

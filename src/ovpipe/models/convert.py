@@ -167,7 +167,7 @@ def vocab_rows(recipe, n_tokens: int) -> tuple[int, int]:
         raise ValueError(f"model.llm.weights {recipe.model.llm.weights}: {rows} embedding rows for a tokenizer of "
                          f"{n_tokens} tokens (packing.tokenizer): the tokenizer and the LLM weights do not belong "
                          "together")
-    return -(-rows // tp) * tp, rows
+    return padded_vocab(rows, tp, multiple=1), rows
 
 
 def _fit_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
@@ -176,12 +176,17 @@ def _fit_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([t, t[-1:].expand(rows - t.shape[0], -1)])
 
 
+def _local_language_state(model) -> dict:
+    """This rank's LLM tensors (Transformer Engine's `_extra_state` entries are not weights)."""
+    return {k: v for k, v in model.language.state_dict().items() if not k.endswith("_extra_state")}
+
+
 def language_state(model) -> dict | None:
     """The LLM's full (unsharded) state on the first rank of each tensor-parallel group, None on the
     others: a collective, so every rank of the group calls it."""
     from ovpipe.models import sharding
 
-    return sharding.gather({k: v for k, v in model.language.state_dict().items() if not k.endswith("_extra_state")})
+    return sharding.gather(_local_language_state(model))
 
 
 def load_pretrained(model, recipe, vision: str | None) -> list[str]:
@@ -203,7 +208,7 @@ def load_pretrained(model, recipe, vision: str | None) -> list[str]:
     if weights:
         tp = parallel_state.get_tensor_model_parallel_world_size()
         rank = parallel_state.get_tensor_model_parallel_rank()
-        target = {k: v for k, v in model.language.state_dict().items() if not k.endswith("_extra_state")}
+        target = _local_language_state(model)
         rows = model.language.embedding.word_embeddings.weight.shape[0] * tp  # vocab-parallel: this rank's share
         hf = HFWeights(storage.localize(weights))
         sd = {}
@@ -241,7 +246,7 @@ def export_hf(model, recipe, tokenizer_dir: str, out_dir: str, vocab_size: int, 
     with torch.device("meta"):
         qwen = Qwen3ForCausalLM(qwen3_hf_config(recipe.model.llm, vocab_size, tok))
     if language is None:
-        language = {k: v for k, v in model.language.state_dict().items() if not k.endswith("_extra_state")}
+        language = _local_language_state(model)
     qwen.load_state_dict(megatron_to_hf(language, recipe.model.llm, vocab_size), assign=True, strict=True)
     if recipe.model.llm.tie_embeddings:
         qwen.tie_weights()  # assign=True replaced both tensors: tie them again, so lm_head is not written twice
