@@ -11,7 +11,7 @@ PIP_VERSION := 26.3
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: install run run-stage schedule-eval test compile bench lint clean base-image images
+.PHONY: install run run-stage schedule-eval test compile bench lint clean base-image images compare-runners rehearsal
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
@@ -73,6 +73,21 @@ base-image: install
 
 images: install
 	PY=$(PY) images/build.sh images
+
+# The images' acceptance check: the tiny DAG inside the images (on S3) and as local processes (in a folder)
+# must make the same data artifacts.
+compare-runners: install
+	$(MAKE) run RUNNER=docker RUN=$(RUN)-docker
+	$(MAKE) run RUN=$(RUN)
+	$(PY) -m ovpipe.s3server run --bucket ovpipe --dir $(CURDIR)/.ovpipe/s3 -- \
+		$(VENV)/bin/ovpipe digests --recipe $(RECIPE) --store s3://ovpipe/runs --run-id $(RUN)-docker --against $(LOCAL_STORE)/$(RUN)
+
+# The cluster rehearsal: ov15-4b at its widths (2 layers per tower) at TP 2, every input on a SeaweedFS S3
+# server under ov15-4b's URIs (written first, random init), curation -> packing -> 3 stages -> eval, checked.
+rehearsal: install
+	$(PY) -m ovpipe.s3server run --bucket ovpipe --bucket ovpipe-models --bucket ovpipe-data \
+		--dir $(CURDIR)/.ovpipe/s3-rehearsal -- $(VENV)/bin/ovpipe rehearse --recipe configs/recipes/rehearsal.yaml \
+		--store s3://ovpipe/runs --run-id rehearsal $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check src components pipelines tests bench

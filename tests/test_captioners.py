@@ -11,7 +11,7 @@ from PIL import Image
 
 from ovpipe.config import CaptionConfig
 from ovpipe.curation.captioners import VLLM_MISSING, Captioner, make_captioner
-from tests.tiny_models import build_tiny_vlm
+from ovpipe.rehearsal.captioner import build_tiny_vlm
 
 SOURCES = ["a red square on grass", "一只猫坐在垫子上", "two dogs in the snow"]
 

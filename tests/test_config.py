@@ -57,6 +57,39 @@ def test_ov15_recipes_share_their_curation():
     assert load_recipe(str(ROOT / "configs/recipes/ov15-8b.yaml")).model.llm.hidden_size == 4096
 
 
+def test_rehearsal_is_ov15_4b_at_two_layers_per_tower():
+    """The rehearsal keeps ov15-4b's widths, vocabulary, geometry, capacity, TP and URIs; what it changes is
+    depth, counts, the captioner, and what a CPU machine needs (listed here, explained in the file)."""
+    a = load_recipe(str(ROOT / "configs/recipes/ov15-4b.yaml")).to_dict()
+    b = load_recipe(str(ROOT / "configs/recipes/rehearsal.yaml")).to_dict()
+    assert b["model"]["llm"] == {**a["model"]["llm"], "num_layers": 2}
+    assert b["model"]["vision"] == {**a["model"]["vision"], "num_hidden_layers": 2}
+    from ovpipe.models.clip import import_open_clip
+
+    h14 = import_open_clip().get_model_config(a["embed"]["arch"])  # MetaCLIP-H/14's architecture
+    cut = {**h14, "vision_cfg": {**h14["vision_cfg"], "layers": 2}, "text_cfg": {**h14["text_cfg"], "layers": 2}}
+    assert b["embed"]["model_config"] == cut
+    assert b["embed"]["arch"] == a["embed"]["arch"] and b["embed"]["weights"] == a["embed"]["weights"]
+    for key in ("capacity", "patch_size", "merge_size", "min_pixels", "max_pixels", "tokenizer", "too_long"):
+        assert b["packing"][key] == a["packing"][key], key
+    assert b["train"]["tensor_parallel"] == a["train"]["tensor_parallel"] == 2
+    assert b["data"]["input"] == a["data"]["input"] and b["concepts"]["vocab"] == a["concepts"]["vocab"]
+
+
+def test_include_merges_under_the_file(recipe_dir):
+    write(recipe_dir, "name: base\nseed: 3\nembed: {batch_size: 8, device: cpu}\ntrain: {stage1: {steps: 9}}\n",
+          "base.yaml")
+    top = write(recipe_dir, "include: base.yaml\nname: top\nembed: {batch_size: 4}\n", "top.yaml")
+    r = load_recipe(top, ["train.stage1.lr=0.5"])
+    assert (r.name, r.seed, r.embed.batch_size, r.embed.device) == ("top", 3, 4, "cpu")
+    assert (r.train.stage1.steps, r.train.stage1.lr) == (9, 0.5)
+    loop = write(recipe_dir, "include: [loop.yaml]\n", "loop.yaml")
+    with pytest.raises(ConfigError, match="include cycle"):
+        load_recipe(loop)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_recipe(write(recipe_dir, "include: missing.yaml\n", "bad.yaml"))
+
+
 def test_ov15_8b_has_the_paper_settings():
     r = load_recipe(str(ROOT / "configs/recipes/ov15-8b.yaml"))
     assert r.embed.arch == "ViT-H-14-quickgelu"

@@ -13,8 +13,8 @@ from ovpipe.cli import make_context, run_step
 from ovpipe.curation.concepts import topk_of
 from ovpipe.data import tables
 from ovpipe.models.clip import load_clip
+from ovpipe.rehearsal.captioner import build_tiny_vlm
 from tests.helpers import SMALL, TINY, rejects
-from tests.tiny_models import build_tiny_vlm
 
 OPTS = SMALL + ["synth.shards=2", "synth.samples_per_shard=40"]
 

@@ -63,6 +63,10 @@ def test_three_stages_learn_and_report(packed, monkeypatch):
         body = json.loads(storage.read_text(f"{packed}/stages/{stage}/manifest.json"))
         assert {"step", "run_id", "config", "code_version", "inputs", "outputs", "counts", "wall_seconds"} <= set(body)
         assert {"loss_first", "loss_last", "steps", "tokens_per_second"} <= set(body["metrics"])
+        check = body["metrics"]["export_check"]  # the export read back by transformers gives the model's losses
+        assert check["tokens"] > 0 and check["max_abs_diff"] < 1e-4, check
+        (rank,) = body["metrics"]["ranks"]
+        assert rank["rank"] == 0 and rank["peak_memory_gib"] > 0 and rank["step_seconds"] > 0
         assert os.path.isfile(f"{packed}/stages/{stage}/hf/llm/model.safetensors")
         assert os.path.isfile(f"{packed}/stages/{stage}/loss.png")
     # each stage started from the previous one's checkpoint: its first loss is below a fresh model's
@@ -112,6 +116,28 @@ def test_two_processes_match_one(packed):
     train(packed, "dp1", "stage1", sets, processes=1)
     train(packed, "dp2", "stage1", sets, processes=2)
     assert history(packed, "dp2", "stage1") == pytest.approx(history(packed, "dp1", "stage1"), abs=2e-5)
+
+
+def test_distributed_optimizer_checkpoints_and_resumes(packed):
+    """The distributed optimizer (2 data-parallel ranks, each holding half the optimizer state) saves its
+    checkpoints, gives the plain optimizer's losses, and a resume from an earlier checkpoint repeats the run."""
+    sets = overrides(packed, stage1=4) + ["train.stage1.trainable=all"]
+    train(packed, "adam", "stage1", sets, processes=2)
+    train(packed, "dist", "stage1", sets + ["train.distributed_optimizer=true"], processes=2)
+    straight = history(packed, "dist", "stage1")
+    assert straight == pytest.approx(history(packed, "adam", "stage1"), abs=2e-5)
+    root = f"{packed}/dist/stage1"
+    from ovpipe.train.checkpoint import step_dir
+
+    storage.write_text(f"{root}/checkpoints/latest.json",
+                       json.dumps({"step": 2, "uri": step_dir(f"{root}/checkpoints", 2)}))
+    os.remove(f"{root}/manifest.json")  # as if killed after step 2's checkpoint
+    train(packed, "dist", "stage1", sets + ["train.distributed_optimizer=true"], processes=2)
+    resumed = history(packed, "dist", "stage1")
+    assert resumed[:3] == pytest.approx(straight[:3], abs=1e-6)  # the loaded weights are the saved ones
+    # Known gap (megatron-core 0.16 on CPU, no Apex/TE): the first update after the resume differs by ~1%
+    # from the uninterrupted run's (the plain optimizer resumes exactly: test_killed_run_resumes_...).
+    assert resumed[3] == pytest.approx(straight[3], rel=0.02)
 
 
 def test_full_recompute_gives_the_same_steps(packed):

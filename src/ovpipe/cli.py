@@ -91,11 +91,33 @@ def run_local(args, ctx: Context) -> None:
     print(f"  outputs: {storage.join(ctx.store, ctx.run_id)}   (kfp task logs and artifacts: {root})")
 
 
+def step_folders(steps) -> list[str]:
+    """The run folders of `steps`: a dataset step once per dataset (pack, pack-stage1, pack-sft)."""
+    return [s if s not in DATASET_STEPS or d == "mid" else f"{s}-{d}"
+            for d in ("mid", "stage1", "sft") for s in steps if d == "mid" or s in DATASET_STEPS]
+
+
+def run_digests(args, ctx: Context) -> int:
+    """`ovpipe digests`: the run's data-artifact digests (JSON), or with --against, how another run's differ."""
+    from ovpipe import manifest
+
+    folders = step_folders(STEPS)
+    mine = manifest.data_digests(storage.join(ctx.store, ctx.run_id), folders)
+    if not args.against:
+        print(json.dumps(mine, indent=1))
+        return 0
+    other = args.against if "/" in args.against else storage.join(ctx.store, args.against)
+    theirs = manifest.data_digests(other, folders)
+    diff = manifest.compare_digests(mine, theirs)
+    print("\n".join(diff) if diff else f"{ctx.run_id} and {other}: the same data artifacts "
+          f"({sum(len(v) for v in mine.values())} outputs of {len(mine)} steps: {', '.join(mine)})")
+    return 1 if diff or not mine else 0
+
+
 def summary(ctx: Context, steps) -> str:
     """One line per finished step: counts, rejects by reason, manifest and plots."""
     lines = []
-    folders = [s if s not in DATASET_STEPS or d == "mid" else f"{s}-{d}"
-               for d in ("mid", "stage1", "sft") for s in steps if d == "mid" or s in DATASET_STEPS]
+    folders = step_folders(steps)
     if "eval" in steps:
         folders += ["eval-stage1", "eval-mid"]  # when eval.after_each_stage
     for step in folders:
@@ -157,13 +179,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ovpipe", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the pipeline locally through kfp.local")
-    _common(run)
-    run.add_argument("--from", dest="first", choices=DAG_STEPS, default=None, help="first step to run")
-    run.add_argument("--until", dest="last", choices=DAG_STEPS, default=None, help="last step to run")
-    run.add_argument("--no-cache", action="store_true", help="disable kfp.local caching")
-    run.add_argument("--runner", choices=("subprocess", "docker"), default="subprocess",
-                     help="subprocess: each task a process of the installed package; docker: each task in its "
-                          "component's image (DOCKER_HOST; make images builds them)")
+    rehearse = sub.add_parser("rehearse", help="write the recipe's inputs where it names them (random init, "
+                              "configs/recipes/rehearsal.yaml), run the DAG, check and report what it showed")
+    for p in (run, rehearse):
+        _common(p)
+        p.add_argument("--from", dest="first", choices=DAG_STEPS, default=None, help="first step to run")
+        p.add_argument("--until", dest="last", choices=DAG_STEPS, default=None, help="last step to run")
+        p.add_argument("--no-cache", action="store_true", help="disable kfp.local caching")
+        p.add_argument("--runner", choices=("subprocess", "docker"), default="subprocess",
+                       help="subprocess: each task a process of the installed package; docker: each task in its "
+                            "component's image (DOCKER_HOST; make images builds them)")
+    dig = sub.add_parser("digests", help="a run's data-artifact digests; --against RUN: do two runs hold the "
+                         "same data (e.g. the docker and subprocess runners)")
+    _common(dig)
+    dig.add_argument("--against", default=None, metavar="RUN", help="another run: its id in the same store, or its "
+                     "folder/URI (e.g. ./store/tiny)")
     vit = sub.add_parser("vit", help="pretrain the vision tower on labelled synthetic scenes (vit.steps > 0)")
     _common(vit)
     train = sub.add_parser("train", help="train one stage on megatron-core (torchrun when train.processes > 1)")
@@ -201,8 +231,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             run_local(args, ctx)
             return 0
+        if args.command == "rehearse":
+            from ovpipe.rehearsal import prepare, report
+
+            prepare.prepare(ctx.recipe)
+            run_local(args, ctx)
+            report.write(ctx, time.perf_counter() - t0)
+            return 0
         if args.command == "train":
             return run_train(args, ctx)
+        if args.command == "digests":
+            return run_digests(args, ctx)
         if args.command == "eval":
             from ovpipe.evaluate.step import run as run_eval
 
@@ -218,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             body = run_step(ctx, args.command, args.shards, workers, **kw)
     except (storage.StorageError, ValueError, RuntimeError, FileNotFoundError) as exc:
+        if args.verbose or args.command == "train":  # a stage that fails after setup: where, for whoever debugs it
+            import traceback
+
+            traceback.print_exc()
         print(f"ovpipe {args.command}: {exc}", file=sys.stderr)
         return 1
     print(json.dumps({"step": body["step"], "counts": body["counts"], "seconds": round(time.perf_counter() - t0, 1),

@@ -1,7 +1,8 @@
 """Recipe schema: one typed config tree, validated once at entry, every problem listed in one error.
 
 A recipe is a YAML file (path or object-store URI). Values come from the dataclass defaults, then the
-file, then `key.path=value` overrides. File references (fields marked ``file=True``) are resolved
+recipes it `include`s (in order, each merged key by key, nested), then the file itself, then
+`key.path=value` overrides. File references (fields marked ``file=True``) are resolved
 relative to the recipe's folder; local ones must exist, object-store ones are checked when used.
 """
 from __future__ import annotations
@@ -518,8 +519,18 @@ def parse_overrides(items: list[str] | dict | None) -> dict:
     return out
 
 
-def load_recipe(uri: str, overrides: list[str] | dict | None = None) -> Recipe:
-    """Read, merge overrides, validate. Raises ConfigError listing every problem."""
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _read_yaml(uri: str, seen: tuple[str, ...] = ()) -> dict:
+    """A recipe file as a dict, its `include:` (a recipe or a list, relative to this file) merged under it.
+    Relative file values keep resolving against the including recipe's folder."""
+    if uri in seen:
+        raise ConfigError(f"recipe {uri}: include cycle ({' -> '.join(seen + (uri,))})")
     try:
         text = storage.read_text(uri)
     except storage.StorageError as exc:
@@ -530,6 +541,22 @@ def load_recipe(uri: str, overrides: list[str] | dict | None = None) -> Recipe:
         raise ConfigError(f"recipe {uri}: invalid YAML: {_one_line(exc)}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {uri}: expected a mapping at the top level")
+    includes = data.pop("include", None) or []
+    includes = [includes] if isinstance(includes, str) else includes
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise ConfigError(f"recipe {uri}: include: expected a recipe path or a list of them")
+    base: dict = {}
+    for inc in includes:
+        if not storage.is_remote(inc) and not os.path.isabs(inc):
+            inc = storage.join(storage.parent(uri), inc) if storage.is_remote(uri) else \
+                os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(uri)), inc))
+        base = _merge(base, _read_yaml(inc, seen + (uri,)))
+    return _merge(base, data)
+
+
+def load_recipe(uri: str, overrides: list[str] | dict | None = None) -> Recipe:
+    """Read (includes merged), merge overrides, validate. Raises ConfigError listing every problem."""
+    data = _read_yaml(uri)
     try:
         for key, value in parse_overrides(overrides).items():
             set_override(data, key, value)

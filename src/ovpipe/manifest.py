@@ -68,3 +68,24 @@ def read(uri: str) -> dict:
         return storage.read_json(uri)
     except storage.NotFound as exc:
         raise storage.NotFound(f"{uri}: no manifest — has the upstream step finished for this run?") from exc
+
+
+def data_digests(run_uri: str, steps) -> dict[str, list]:
+    """Per step (those of `steps` that ran): the sha256 of every data output its manifest lists, by name —
+    what two runs of the same recipe must share whatever ran them (timings and paths left out)."""
+    out = {}
+    for step in steps:
+        uri = storage.join(run_uri, step, "manifest.json")
+        if storage.exists(uri):
+            out[step] = sorted((storage.basename(o["uri"]), o["sha256"]) for o in storage.read_json(uri)["outputs"])
+    return out
+
+
+def compare_digests(a: dict, b: dict) -> list[str]:
+    """The differences between two data_digests results, one line each (empty: the same data)."""
+    lines = [f"{step}: only in the {'first' if step in a else 'second'} run" for step in sorted(set(a) ^ set(b))]
+    for step in sorted(set(a) & set(b)):
+        if a[step] != b[step]:
+            differ = sorted({n for n, _ in set(map(tuple, a[step])) ^ set(map(tuple, b[step]))})
+            lines.append(f"{step}: {len(differ)} output(s) differ: {', '.join(differ[:5])}")
+    return lines

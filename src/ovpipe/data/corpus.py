@@ -18,7 +18,7 @@ def _step(dataset: str) -> str:
     return "synth" if dataset == "mid" else f"synth-{dataset}"
 
 
-def _samples(ctx: Context, index: int, dataset: str):
+def samples(ctx: Context, index: int, dataset: str):
     vocab = load_vocab(ctx.recipe.synth.vocab)
     if dataset == "mid":
         cfg = ctx.recipe.synth
@@ -38,14 +38,14 @@ def _samples(ctx: Context, index: int, dataset: str):
                                     options_fraction=cfg.options_fraction)
 
 
-def _n_shards(ctx: Context, dataset: str) -> int:
+def n_shards(ctx: Context, dataset: str) -> int:
     return ctx.recipe.synth.shards if dataset == "mid" else getattr(ctx.recipe.packing, dataset).synth_shards
 
 
 def synth_shard(ctx: Context, index: int, dataset: str = "mid") -> ShardResult:
     uri = ctx.uri(_step(dataset), f"{shard_name(index)}.tar")
     writer = TarWriter(uri)
-    for sample in _samples(ctx, index, dataset):
+    for sample in samples(ctx, index, dataset):
         key = sample.pop("__key__")
         writer.write(key, sample)
     n = writer.count
@@ -54,11 +54,11 @@ def synth_shard(ctx: Context, index: int, dataset: str = "mid") -> ShardResult:
 
 
 def process(ctx: Context, shards: str = "all", workers: int = 1, dataset: str = "mid") -> None:
-    indices = sharded.parse_shards(shards, _n_shards(ctx, dataset))
+    indices = sharded.parse_shards(shards, n_shards(ctx, dataset))
     fn = functools.partial(synth_shard, dataset=dataset)
     sharded.run_shards(ctx, _step(dataset), "write", indices, fn, workers)
 
 
 def finalize(ctx: Context, dataset: str = "mid") -> dict:
-    return sharded.finalize(ctx, _step(dataset), ["write"], _n_shards(ctx, dataset), inputs=[],
+    return sharded.finalize(ctx, _step(dataset), ["write"], n_shards(ctx, dataset), inputs=[],
                             t_start=time.perf_counter())

@@ -139,6 +139,17 @@ def _reporting_cuda_types(fn):
     return classmethod(wrapper)
 
 
+def unshare_optimizer_steps(optimizer) -> None:
+    """After a distributed optimizer loads its state without Apex/TE, every parameter's Adam `step` is one
+    shared tensor (megatron sets the same object on each), which torch's AdamW then increments once per
+    parameter: the bias correction of the next steps goes wrong. Give each parameter its own copy."""
+    for sub in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(sub, "optimizer", None)
+        for state in getattr(inner, "state", {}).values():
+            if isinstance(state.get("step"), torch.Tensor):
+                state["step"] = state["step"].clone()
+
+
 def apply() -> bool:
     """Apply the CPU view to the PATCHED modules (once); a no-op when CUDA is available."""
     global _applied

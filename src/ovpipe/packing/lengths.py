@@ -29,19 +29,19 @@ from ovpipe.sharded import Context, ShardResult, shard_name
 _TOKENIZERS: dict[str, object] = {}
 
 
-def _synthetic_texts(ctx: Context, n: int = 3000):
-    """Captions and conversations of the synthetic generators: what the tiny tokenizer learns from."""
+def synthetic_texts(recipe, n: int = 3000):
+    """Captions and conversations of the synthetic generators: what a tokenizer trained here learns from."""
     import json
 
     from ovpipe.data.synth import load_vocab, synth_samples
     from ovpipe.data.synth_stages import sft_samples
 
-    vocab = load_vocab(ctx.recipe.synth.vocab)
-    for s in synth_samples(ctx.recipe.seed, 99_000, n, vocab, bad_fraction=0):
+    vocab = load_vocab(recipe.synth.vocab)
+    for s in synth_samples(recipe.seed, 99_000, n, vocab, bad_fraction=0):
         meta = json.loads(s["json"])
         yield meta["caption_en"]
         yield meta["caption_zh"]
-    for s in sft_samples(ctx.recipe.seed, 99_000, n, vocab, bad_fraction=0):
+    for s in sft_samples(recipe.seed, 99_000, n, vocab, bad_fraction=0):
         for turn in json.loads(s["json"])["conversation"]:  # role names too: the chat template spells them
             yield f"{turn['role']}\n" + turn["content"].replace("<image>", "")
 
@@ -53,7 +53,7 @@ def tokenizer_uri(ctx: Context) -> str:
 
     def train():
         with tempfile.TemporaryDirectory() as tmp:
-            train_tokenizer(_synthetic_texts(ctx), tmp, ctx.recipe.packing.tokenizer_vocab)
+            train_tokenizer(synthetic_texts(ctx.recipe), tmp, ctx.recipe.packing.tokenizer_vocab)
             for name in sorted(os.listdir(tmp)):
                 storage.put_file(os.path.join(tmp, name), ctx.uri("tokenizer", name))
 

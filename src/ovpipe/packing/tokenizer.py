@@ -19,6 +19,16 @@ SPECIAL = {
     "vision_end": "<|vision_end|>",
 }
 
+# Qwen3's added tokens, in its order (ids 151643-151668 in the published tokenizer): a tokenizer trained
+# here with these (train_tokenizer(specials=QWEN3_SPECIAL)) carries every token a Qwen3 folder has.
+QWEN3_SPECIAL = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
+    "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+    "<|image_pad|>", "<|video_pad|>", "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>",
+    "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>", "<tool_response>", "</tool_response>",
+    "<think>", "</think>",
+)
+
 # Qwen-style template; `<image>` in a string content (or an {"type": "image"} part) becomes one
 # vision block with a single <|image_pad|>; the processor/loader expands it to the image's tokens.
 CHAT_TEMPLATE = (
@@ -36,12 +46,17 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer(texts: Iterable[str], out_dir: str, vocab_size: int = 2000) -> str:
-    """Train a deterministic byte-level BPE on `texts` and save it as a HF fast-tokenizer folder."""
+def train_tokenizer(texts: Iterable[str], out_dir: str, vocab_size: int = 2000,
+                    specials: Iterable[str] = tuple(SPECIAL.values())) -> str:
+    """Train a deterministic byte-level BPE on `texts` and save it as a HF fast-tokenizer folder; `specials`
+    (which must hold SPECIAL's) come first, then the learnt tokens (vocab_size counts all)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    specials = list(SPECIAL.values())
+    specials = list(dict.fromkeys(specials))
+    missing = [t for t in SPECIAL.values() if t not in specials]
+    if missing:
+        raise ValueError(f"specials lack {missing}: the sequence builder needs them")
     if vocab_size < 256 + len(specials):
         raise ValueError(f"vocab_size {vocab_size} < 256 bytes + {len(specials)} special tokens")
     tk = Tokenizer(models.BPE())

@@ -18,9 +18,11 @@ import os
 import shutil
 import tempfile
 
+import torch
 import torch.distributed as dist
 
 from ovpipe import storage
+from ovpipe.models import cpu_compat
 
 LATEST = "latest.json"
 
@@ -44,11 +46,17 @@ def _download_tree(uri: str, local: str) -> None:
             f.write(storage.read_bytes(item))
 
 
+# The distributed optimizer's state format: megatron-core 0.16's default (fully_sharded_model_space) fails to
+# save ("ShardedTensor.flattened_range is not supported"); dp_reshardable saves each rank's buffers in parallel
+# (a resume may change the data-parallel size, not TP/PP; the model's own state reshards freely).
+OPTIMIZER_FORMAT = {"distrib_optim_sharding_type": "dp_reshardable"}
+
+
 def _sharded_state(model, optimizer, *, loading: bool, with_optimizer: bool = True) -> dict:
     model_sd = model.sharded_state_dict()
     state = {"model": model_sd}
     if with_optimizer and optimizer is not None:
-        state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=loading)
+        state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=loading, metadata=OPTIMIZER_FORMAT)
     return state
 
 
@@ -77,10 +85,23 @@ def save(root: str, step: int, model, optimizer, train_state: dict) -> str:
     return uri
 
 
+def _init_optimizer_state(optimizer) -> None:
+    """A distributed optimizer describes its state for loading from the state it holds, and a fresh one
+    holds none (megatron: `assert len(steps) == 1` on CPU): one zero-gradient step creates it, in the
+    shapes the checkpoint then overwrites (params and moments alike)."""
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    for sub in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if isinstance(sub, DistributedOptimizer) and not sub.optimizer.state:
+            sub._init_optimizer_states_with_dummy_values()
+
+
 def load(uri: str, model, optimizer=None) -> dict:
     """Load a checkpoint folder into model (and optimizer when given); returns its train_state."""
     from megatron.core import dist_checkpointing
 
+    if optimizer is not None:
+        _init_optimizer_state(optimizer)
     tmp = tempfile.mkdtemp(prefix="ovpipe-ckpt-")
     try:
         _download_tree(uri, tmp)
@@ -88,7 +109,9 @@ def load(uri: str, model, optimizer=None) -> dict:
                                                        with_optimizer=optimizer is not None), tmp)
         model.load_state_dict(state["model"], strict=True)
         if optimizer is not None:
-            optimizer.load_state_dict(state["optimizer"])
+            with torch.no_grad():  # fp32 training: the distributed optimizer's main params are views of the model's
+                optimizer.load_state_dict(state["optimizer"])
+            cpu_compat.unshare_optimizer_steps(optimizer)
         path = os.path.join(tmp, "train_state.json")
         with open(path) as f:
             return json.load(f)

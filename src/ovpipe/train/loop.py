@@ -277,27 +277,38 @@ def run_stage(recipe: Recipe, stage: str, store: str, run_id: str, log=print) ->
         tracker.finish("FAILED")
         raise
     from ovpipe.models.convert import language_state
+    from ovpipe.train import stage_checks
 
-    language = language_state(tr.model.module)  # every rank: gathered from the tensor-parallel slices
-    result = _finish(tr, tracker, t_start, log, language) if rank == 0 else None
+    # every rank: the check batch's losses and the full language weights (both need the whole TP group)
+    check_mb = tr.data.micro_batches(0)[0]
+    reference = stage_checks.megatron_losses(tr.model.module, check_mb)
+    ranks = stage_checks.rank_report(tr.history)
+    language = language_state(tr.model.module)
+    result = _finish(tr, tracker, t_start, log, language, (check_mb, reference), ranks) if rank == 0 else None
     dist.barrier()
     return result
 
 
-def _finish(tr: Trainer, tracker: Tracker, t_start: float, log, language: dict) -> dict:
-    """Rank 0: HF export, loss curve, manifest (metrics per DESIGN.md's contract), MLflow artifacts."""
+def _finish(tr: Trainer, tracker: Tracker, t_start: float, log, language: dict, check: tuple, ranks: list) -> dict:
+    """Rank 0: HF export (checked against the trained model), loss curve, manifest (metrics per DESIGN.md's
+    contract), MLflow artifacts."""
     import json
     import tempfile
 
     from ovpipe.evaluate import exports
     from ovpipe.models.convert import export_hf
     from ovpipe.packing.lengths import tokenizer_uri
+    from ovpipe.train import stage_checks
 
     ctx, stage = tr.ctx, tr.stage
     hist = tr.history
     with tempfile.TemporaryDirectory() as tmp:
         out = export_hf(tr.model.module, tr.recipe, storage.localize(tokenizer_uri(ctx)), os.path.join(tmp, "hf"),
                         tr.export_rows, language)
+        agreement = stage_checks.export_agreement(out, *check, _dtype(tr.recipe))
+        log(f"[{stage}] export check: per-token losses of the export and the model differ by at most "
+            f"{agreement['max_abs_diff']:.2e} over {agreement['tokens']} tokens")
+        stage_checks.check_agreement(agreement, f"stage {stage}")
         storage.put_tree(out, export_uri(ctx, stage))
         plot = os.path.join(tmp, "loss.png")
         _loss_plot(hist, plot, f"{ctx.run_id} · {stage}")
@@ -311,6 +322,8 @@ def _finish(tr: Trainer, tracker: Tracker, t_start: float, log, language: dict) 
             json.dump(tr.recipe.to_dict(), f, indent=2, sort_keys=True)
         for p in (plot, cfg_path):
             tracker.artifact(p)
+    tracker.metrics({"export_max_abs_loss_diff": agreement["max_abs_diff"],
+                     "peak_memory_gib": max(r["peak_memory_gib"] for r in ranks)}, tr.step)
     tracker.finish()
     exports.publish(ctx.store, ctx.run_id, stage, export_uri(ctx, stage))
     timed = hist[1:] or hist  # the first step carries one-off costs
@@ -319,7 +332,7 @@ def _finish(tr: Trainer, tracker: Tracker, t_start: float, log, language: dict) 
     metrics = {"loss_first": hist[0]["loss"], "loss_last": hist[-1]["loss"], "steps": len(hist),
                "tokens_per_second": tps,
                "non_padding_fraction": sum(h["non_padding_fraction"] for h in hist) / len(hist),
-               "mlflow_run_id": tracker.run_id}
+               "mlflow_run_id": tracker.run_id, "export_check": agreement, "ranks": ranks}
     prev = PREVIOUS[stage]
     data_manifest = storage.join(data_uri(ctx, stage), "manifest.json")
     inputs = [manifest.ref(data_manifest)] if storage.exists(data_manifest) else []

@@ -1,8 +1,9 @@
-"""Tiny random-init models built locally for tests (nothing comes from a hub)."""
+"""A small random-init captioning VLM, built locally (nothing comes from a hub): the rehearsal's `hf`
+caption backend and the captioner tests load it with AutoProcessor + AutoModelForImageTextToText."""
 
 
 def build_tiny_vlm(out, texts) -> str:
-    """A tiny random-init Qwen2-VL (dynamic resolution) with a locally trained byte-level BPE tokenizer."""
+    """A tiny random-init Qwen2-VL (dynamic resolution) with a byte-level BPE tokenizer trained on `texts`."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (
