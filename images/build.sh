@@ -96,15 +96,15 @@ serve() {
     [ "${1:-}" = "--" ] && shift
     if [ -n "${DOCKER_HOST:-}" ] || [ "$(engine)" = docker ]; then "$@"; return; fi
     need podman runc
-    local sock pid rc=0
-    sock="$(mktemp -u /tmp/ovpipe-podman-XXXXXX).sock"
-    podman system service --time=0 "unix://$sock" &
-    pid=$!
-    for _ in $(seq 300); do [ -S "$sock" ] && break; sleep 0.1; done
-    [ -S "$sock" ] || { kill "$pid" 2>/dev/null; echo "podman system service did not start" >&2; return 1; }
-    DOCKER_HOST="unix://$sock" "$@" || rc=$?
-    kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
-    rm -f "$sock"
+    local rc=0
+    SOCK="$(mktemp -u /tmp/ovpipe-podman-XXXXXX).sock"
+    podman system service --time=0 "unix://$SOCK" &
+    SERVICE=$!
+    trap 'kill "$SERVICE" 2>/dev/null; rm -f "$SOCK"' EXIT  # an interrupted run leaves no service behind
+    trap 'exit 130' INT TERM
+    for _ in $(seq 300); do [ -S "$SOCK" ] && break; sleep 0.1; done
+    [ -S "$SOCK" ] || { echo "podman system service did not start" >&2; return 1; }
+    DOCKER_HOST="unix://$SOCK" "$@" || rc=$?
     return "$rc"
 }
 
