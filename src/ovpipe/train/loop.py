@@ -11,6 +11,7 @@ counts all-reduced over data-parallel ranks), so 1 or N processes give the same 
 """
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import time
@@ -283,13 +284,17 @@ def run_stage(recipe: Recipe, stage: str, store: str, run_id: str, log=print) ->
     check_mb = tr.data.micro_batches(0)[0]
     reference = stage_checks.megatron_losses(tr.model.module, check_mb)
     ranks = stage_checks.rank_report(tr.history)
-    language = language_state(tr.model.module)
+    # The final checkpoint holds the optimizer: its moments (2 copies of the weights) go before the export's
+    # copies of the weights come (gathered, converted, read back for the check).
+    tr.optimizer = tr.scheduler = None
+    gc.collect()
+    language = [language_state(tr.model.module)]  # a holder _finish empties once the export is written
     result = _finish(tr, tracker, t_start, log, language, (check_mb, reference), ranks) if rank == 0 else None
     dist.barrier()
     return result
 
 
-def _finish(tr: Trainer, tracker: Tracker, t_start: float, log, language: dict, check: tuple, ranks: list) -> dict:
+def _finish(tr: Trainer, tracker: Tracker, t_start: float, log, language: list, check: tuple, ranks: list) -> dict:
     """Rank 0: HF export (checked against the trained model), loss curve, manifest (metrics per DESIGN.md's
     contract), MLflow artifacts."""
     import json
@@ -304,7 +309,8 @@ def _finish(tr: Trainer, tracker: Tracker, t_start: float, log, language: dict, 
     hist = tr.history
     with tempfile.TemporaryDirectory() as tmp:
         out = export_hf(tr.model.module, tr.recipe, storage.localize(tokenizer_uri(ctx)), os.path.join(tmp, "hf"),
-                        tr.export_rows, language)
+                        tr.export_rows, language.pop())
+        gc.collect()
         agreement = stage_checks.export_agreement(out, *check, _dtype(tr.recipe))
         log(f"[{stage}] export check: per-token losses of the export and the model differ by at most "
             f"{agreement['max_abs_diff']:.2e} over {agreement['tokens']} tokens")
