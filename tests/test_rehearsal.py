@@ -117,3 +117,23 @@ def test_report_fails_on_a_loss_that_did_not_fall(tmp_path):
     with pytest.raises(report.RehearsalFailed):
         report.write(ctx, 1.0)
     assert storage.exists(ctx.uri("rehearsal.json"))
+
+
+def test_digests_compare_two_runs(tmp_path):
+    """`ovpipe digests --against`: the same outputs are the same data; a changed or missing one is named."""
+    from ovpipe import manifest
+
+    def run(name: str, outputs: dict) -> str:
+        for step, outs in outputs.items():
+            storage.write_json(str(tmp_path / name / step / "manifest.json"),
+                               {"outputs": [{"uri": f"/anywhere/{name}/{step}/{n}", "sha256": h} for n, h in outs]})
+        return str(tmp_path / name)
+
+    a = run("a", {"embed": [("shard-00000.parquet", "1"), ("shard-00001.parquet", "2")], "pack": [("p.tar", "3")]})
+    b = run("b", {"embed": [("shard-00001.parquet", "2"), ("shard-00000.parquet", "1")], "pack": [("p.tar", "3")]})
+    c = run("c", {"embed": [("shard-00000.parquet", "1"), ("shard-00001.parquet", "9")]})
+    steps = ("embed", "pack", "filter")
+    da, db, dc = (manifest.data_digests(r, steps) for r in (a, b, c))
+    assert set(da) == {"embed", "pack"} and manifest.compare_digests(da, db) == []
+    assert manifest.compare_digests(da, dc) == ["pack: only in the first run",
+                                               "embed: 1 output(s) differ: shard-00001.parquet"]
