@@ -14,25 +14,29 @@ class RehearsalFailed(RuntimeError):
     pass
 
 
+def _manifest(ctx: Context, step: str, problems: list[str]) -> dict | None:
+    uri = ctx.uri(step, "manifest.json")
+    if storage.exists(uri):
+        return storage.read_json(uri)
+    problems.append(f"{step}: no manifest ({uri})")
+    return None
+
+
 def build(ctx: Context, seconds: float) -> dict:
     out: dict = {"run": storage.join(ctx.store, ctx.run_id), "recipe": ctx.recipe.name, "seconds": round(seconds, 1),
                  "tensor_parallel": ctx.recipe.train.tensor_parallel, "steps": {}, "stages": {}, "problems": []}
     problems = out["problems"]
     for step in CURATION_AND_PACKING:
-        uri = ctx.uri(step, "manifest.json")
-        if not storage.exists(uri):
-            problems.append(f"{step}: no manifest ({uri})")
+        if (body := _manifest(ctx, step, problems)) is None:
             continue
-        c = storage.read_json(uri)["counts"]
+        c = body["counts"]
         out["steps"][step] = {"in": c["in"], "out": c["out"], "rejected": c["rejected"]}
         if c["out"] == 0:
             problems.append(f"{step}: nothing came out ({c['in']} in)")
     for stage in TRAIN_STAGES:
-        uri = ctx.uri(stage, "manifest.json")
-        if not storage.exists(uri):
-            problems.append(f"{stage}: no manifest ({uri})")
+        if (body := _manifest(ctx, stage, problems)) is None:
             continue
-        m = storage.read_json(uri)["metrics"]
+        m = body["metrics"]
         out["stages"][stage] = {k: m.get(k) for k in ("loss_first", "loss_last", "steps", "tokens_per_second",
                                                       "export_check", "ranks")}
         if not m["loss_last"] < m["loss_first"]:
@@ -40,13 +44,9 @@ def build(ctx: Context, seconds: float) -> dict:
         check = m.get("export_check") or {}
         if not check.get("max_abs_diff", float("inf")) <= check.get("tolerance", 0):
             problems.append(f"{stage}: the export does not reproduce the model's losses ({check})")
-    uri = ctx.uri("eval", "manifest.json")
-    if storage.exists(uri):
-        body = storage.read_json(uri)
+    if (body := _manifest(ctx, "eval", problems)) is not None:
         out["eval"] = {"evaluated": body["evaluated"]["uri"],
                        "scores": {t: s.get("score") for t, s in body["metrics"].items()}}
-    else:
-        problems.append(f"eval: no manifest ({uri})")
     return out
 
 

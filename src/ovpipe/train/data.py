@@ -101,6 +101,19 @@ class MicroBatch:
     def tokens(self) -> int:
         return int(self.input_ids.shape[1])
 
+    def to(self, device: torch.device) -> MicroBatch:
+        """The same micro-batch on `device` (copies to a GPU overlap; on its own device nothing is copied)."""
+        move = (lambda x: x.to(device, non_blocking=device.type == "cuda"))
+        return MicroBatch(move(self.input_ids), move(self.labels), move(self.loss_mask), move(self.position_ids),
+                          move(self.cu_seqlens), self.max_seqlen, [move(im) for im in self.images], self.sequences)
+
+    def packed_seq_params(self):
+        """megatron's THD description of the packed sub-sequences."""
+        from megatron.core.packed_seq_params import PackedSeqParams
+
+        return PackedSeqParams(qkv_format="thd", cu_seqlens_q=self.cu_seqlens, cu_seqlens_kv=self.cu_seqlens,
+                               max_seqlen_q=self.max_seqlen, max_seqlen_kv=self.max_seqlen)
+
 
 def build_micro_batch(records: list[dict], tok, geometry) -> MicroBatch:
     ids, labels, mask, pos, cu, images = [], [], [], [], [0], []

@@ -165,18 +165,10 @@ def setup(recipe: Recipe, stage: str, store: str, run_id: str) -> Trainer:
 # ---------------------------------------------------------------- one step
 
 def _forward_step(data_iterator, model):
-    from megatron.core.packed_seq_params import PackedSeqParams
-
-    mb = next(data_iterator)
-    device = next(model.parameters()).device
-    move = (lambda x: x.to(device, non_blocking=True)) if device.type == "cuda" else (lambda x: x)
-    cu = move(mb.cu_seqlens)
-    psp = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=mb.max_seqlen,
-                          max_seqlen_kv=mb.max_seqlen)
-    mask = move(mb.loss_mask)
-    losses = model(move(mb.input_ids), move(mb.position_ids), labels=move(mb.labels),
-                   images=[move(im) for im in mb.images], packed_seq_params=psp, loss_mask=mask)
-    return losses, partial(_loss, mask)
+    mb = next(data_iterator).to(next(model.parameters()).device)
+    losses = model(mb.input_ids, mb.position_ids, labels=mb.labels, images=mb.images,
+                   packed_seq_params=mb.packed_seq_params(), loss_mask=mb.loss_mask)
+    return losses, partial(_loss, mb.loss_mask)
 
 
 def _loss(loss_mask, losses):

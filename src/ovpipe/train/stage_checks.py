@@ -12,6 +12,8 @@ import resource
 import torch
 import torch.distributed as dist
 
+from ovpipe.models.llm import use_gpu
+
 # |HF - megatron| per-token loss allowed: fp32 agrees to rounding; bf16 kernels differ by ~1e-2.
 TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 0.1}
 
@@ -19,16 +21,11 @@ TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 0.1}
 @torch.no_grad()
 def megatron_losses(model, mb) -> torch.Tensor:
     """Per-token losses [T] of micro-batch `mb` (every rank of the tensor-parallel group calls it)."""
-    from megatron.core.packed_seq_params import PackedSeqParams
-
-    device = next(model.parameters()).device
-    cu = mb.cu_seqlens.to(device)
-    psp = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=mb.max_seqlen,
-                          max_seqlen_kv=mb.max_seqlen)
+    mb = mb.to(next(model.parameters()).device)
     was_training = model.training
     model.eval()
-    losses = model(mb.input_ids.to(device), mb.position_ids.to(device), labels=mb.labels.clamp(min=0).to(device),
-                   images=[im.to(device) for im in mb.images], packed_seq_params=psp)
+    losses = model(mb.input_ids, mb.position_ids, labels=mb.labels.clamp(min=0), images=mb.images,
+                   packed_seq_params=mb.packed_seq_params())
     model.train(was_training)
     return losses.float().view(-1).cpu()
 
@@ -55,7 +52,7 @@ def export_agreement(export_dir: str, mb, reference: torch.Tensor, dtype: torch.
     from ovpipe.models.hf_vlm import HFVisionLanguageModel
 
     hf = HFVisionLanguageModel.from_export(export_dir, dtype=dtype)
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device("cuda" if use_gpu() else "cpu")
     hf.to(device)
     g = hf.geometry
     per_seq = _images_per_sequence(mb, hf.image_pad_id, 1.0 / (g.patch_size * g.merge_size) ** 2)
@@ -85,7 +82,7 @@ def rank_report(history: list[dict]) -> list[dict] | None:
     from megatron.core import parallel_state as ps
 
     timed = history[1:] or history
-    if torch.cuda.is_available():
+    if use_gpu():
         peak, kind = torch.cuda.max_memory_allocated(), "cuda_max_allocated"
     else:
         peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "max_rss"
