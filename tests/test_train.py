@@ -187,3 +187,17 @@ def test_stage_lr_schedules(decay, at_steps, expect):
         seen[step] = Groups.param_groups[0]["lr"]
     assert seen[5] == pytest.approx(5e-4)  # warmup
     assert [seen[s] for s in at_steps] == pytest.approx(expect)
+
+
+@pytest.mark.parametrize("keep, left", [(2, [3, 4]), (1, [4]), (0, [1, 2, 3, 4])])
+def test_old_checkpoints_are_pruned(tmp_path, keep, left):
+    from ovpipe.train.checkpoint import LATEST, prune, step_dir
+
+    root = str(tmp_path / "checkpoints")
+    for step in (1, 2, 3, 4):
+        for name in ("__0_0.distcp", "sub/common.pt"):
+            storage.write_bytes(storage.join(step_dir(root, step), name), b"x")
+    storage.write_text(storage.join(root, LATEST), json.dumps({"step": 4, "uri": step_dir(root, 4)}))
+    prune(root, keep)
+    assert sorted(os.listdir(root)) == sorted([LATEST] + [os.path.basename(step_dir(root, s)) for s in left])
+    assert os.listdir(os.path.join(step_dir(root, 4), "sub")) == ["common.pt"]

@@ -253,6 +253,7 @@ class TrainConfig:
     # activation recomputation: none | full (each layer's input kept, the layer recomputed in backward)
     recompute: str = "none"
     checkpoint_every: int = 100
+    keep_checkpoints: int = 2  # a stage's newest N checkpoints stay in the store (0 = all)
     log_every: int = 10
     stage1: StageConfig = field(default_factory=lambda: StageConfig(lr=1e-4, trainable="projector"))
     mid: StageConfig = field(default_factory=StageConfig)
@@ -308,7 +309,8 @@ class Recipe:
         # how work is split across tasks/processes never changes outputs
         settings["data"] = {k: v for k, v in settings["data"].items() if k not in ("workers", "group_size")}
         settings["train"] = {k: v for k, v in settings["train"].items()
-                             if k not in ("processes", "cluster", "log_every", "checkpoint_every")}
+                             if k not in ("processes", "cluster", "log_every", "checkpoint_every",
+                                          "keep_checkpoints")}
         if step is not None:
             picked = {"seed": settings["seed"], "data": settings["data"]}
             for dotted in step_settings(step):

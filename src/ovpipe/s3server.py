@@ -226,6 +226,9 @@ class SeaweedS3:
                "-s3.port.iceberg=0", "-s3.port.lance=0",  # 0 = do not open these extra servers
                "-master.telemetry=false",  # never phone home
                "-volume.preStopSeconds=0",  # faster stop; the data is local and flushed on exit
+               # a deleted object's space comes back within a minute, not weed's 14: checkpoints are large
+               # and a run deletes superseded ones, so disk (and with it volume slots) would run out first
+               "-master.vacuumIntervalSeconds=60", "-master.garbageThreshold=0.1",
                f"-filer.localSocket={d / 'filer.sock'}", f"-s3.localSocket={d / 's3.sock'}"]
         cmd += [f"-{flag}={port}" for flag, port in self.ports.items()]
         env = dict(os.environ, TMPDIR=str(d / "logs"))  # keep weed's scratch files inside data_dir

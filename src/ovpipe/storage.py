@@ -2,8 +2,10 @@
 
 S3 settings come from the environment (DESIGN.md): OVPIPE_S3_ENDPOINT, AWS_ACCESS_KEY_ID,
 AWS_SECRET_ACCESS_KEY (AWS_REGION optional). Path-style addressing so the same code talks to
-SeaweedFS, MinIO or a cloud bucket. Writes are atomic: data goes to a temporary name and is committed
-by rename (local) or server-side copy (S3); a reader never sees a half-written object.
+SeaweedFS, MinIO or a cloud bucket. Writes are atomic: locally data goes to a temporary name and is
+committed by rename; on S3 a PUT (or a completed multipart upload) is atomic by itself, so objects are
+written under their own key, never copied (a copy doubles every byte moved and leaves garbage behind
+on servers that reclaim space late). A reader never sees a half-written object.
 Transient S3 errors are retried with exponential backoff; permanent ones raise StorageError naming
 the URI.
 """
@@ -268,17 +270,11 @@ def list_uris(prefix: str, suffix: str = "") -> list[str]:
 
 # ---------------------------------------------------------------- atomic writes
 
+MULTIPART_BYTES = 64 << 20  # S3 uploads at least this large go in parts of this size
+
+
 def _tmp_name(uri: str) -> str:
     return f"{uri}.tmp-{uuid.uuid4().hex[:12]}"
-
-
-def _delete_quietly(uri: str, bucket: str, tmp_key: str) -> None:
-    """Remove a temporary key; a failure here must not mask the write's own error (readers skip
-    `.tmp-` names anyway)."""
-    try:
-        _retry("cleanup", uri, lambda: s3_client().delete_object(Bucket=bucket, Key=tmp_key))
-    except StorageError:
-        pass
 
 
 def put_tree(local_dir: str, uri: str) -> None:
@@ -295,15 +291,9 @@ def put_file(local_path: str, uri: str) -> None:
         from boto3.s3.transfer import TransferConfig
 
         bucket, key = split_s3(uri)
-        tmp_key = split_s3(_tmp_name(uri))[1]
-        client = s3_client()
-        big = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=64 << 20)
-        try:
-            _retry("write", uri, lambda: client.upload_file(local_path, bucket, tmp_key, Config=big))
-            _retry("commit", uri, lambda: client.copy({"Bucket": bucket, "Key": tmp_key}, bucket, key,
-                                                      Config=big))
-        finally:  # also after a failed commit: no temporary left behind
-            _delete_quietly(uri, bucket, tmp_key)
+        big = TransferConfig(multipart_threshold=MULTIPART_BYTES, multipart_chunksize=MULTIPART_BYTES)
+        # a failed multipart upload is aborted by the transfer manager: nothing becomes visible
+        _retry("write", uri, lambda: s3_client().upload_file(local_path, bucket, key, Config=big))
         return
     dest = _local(uri)
     os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
@@ -315,14 +305,7 @@ def put_file(local_path: str, uri: str) -> None:
 def write_bytes(uri: str, data: bytes) -> None:
     if is_remote(uri):
         bucket, key = split_s3(uri)
-        tmp_key = split_s3(_tmp_name(uri))[1]
-        client = s3_client()
-        try:
-            _retry("write", uri, lambda: client.put_object(Bucket=bucket, Key=tmp_key, Body=data))
-            _retry("commit", uri, lambda: client.copy_object(
-                Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": tmp_key}))
-        finally:
-            _delete_quietly(uri, bucket, tmp_key)
+        _retry("write", uri, lambda: s3_client().put_object(Bucket=bucket, Key=key, Body=data))
         return
     dest = _local(uri)
     try:
@@ -372,6 +355,20 @@ def delete(uri: str) -> None:
         _retry("delete", uri, lambda: s3_client().delete_object(Bucket=bucket, Key=key))
     elif os.path.exists(_local(uri)):
         os.unlink(_local(uri))
+
+
+def delete_tree(uri: str) -> None:
+    """Delete every object under a folder URI (and locally the folder itself)."""
+    if not is_remote(uri):
+        shutil.rmtree(_local(uri), ignore_errors=True)
+        return
+    bucket, _ = split_s3(uri)
+    keys = [split_s3(u)[1] for u in list_uris(uri)]
+    for i in range(0, len(keys), 1000):  # S3's limit per DeleteObjects call
+        batch = {"Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True}
+        resp = _retry("delete", uri, lambda: s3_client().delete_objects(Bucket=bucket, Delete=batch))
+        if resp.get("Errors"):
+            raise StorageError(f"delete {uri}: {resp['Errors'][0]}")
 
 
 def download(uri: str, local_path: str) -> str:

@@ -8,7 +8,7 @@ Layout under a stage's folder:
 A checkpoint without `latest.json` pointing at it does not exist for a reader, so a crash during an
 upload never leaves a half checkpoint to resume from. Every rank writes its own files into a local
 temporary folder (nodes need not share a filesystem) and uploads them; loading downloads the whole
-folder on each rank. `train_state.json` holds the step, the scheduler, the data position and the
+folder once per node, into a folder the node's ranks share (train/node_scratch.py). `train_state.json` holds the step, the scheduler, the data position and the
 MLflow run id.
 """
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch.distributed as dist
 
 from ovpipe import storage
 from ovpipe.models import cpu_compat
+from ovpipe.train import node_scratch
 
 LATEST = "latest.json"
 
@@ -60,7 +61,18 @@ def _sharded_state(model, optimizer, *, loading: bool, with_optimizer: bool = Tr
     return state
 
 
-def save(root: str, step: int, model, optimizer, train_state: dict) -> str:
+def prune(root: str, keep: int) -> list[str]:
+    """Delete all but the newest `keep` step folders under root (0 keeps all); returns the deleted ones.
+    Runs after latest.json names the newest, so a reader never follows a pointer into a deleted folder."""
+    prefix = root.rstrip("/") + "/"
+    folders = {u[len(prefix):].split("/", 1)[0] for u in storage.list_uris(root) if "/" in u[len(prefix):]}
+    old = sorted(f for f in folders if f.startswith("step-"))[:-keep] if keep else []
+    for folder in old:
+        storage.delete_tree(storage.join(root, folder))
+    return [storage.join(root, f) for f in old]
+
+
+def save(root: str, step: int, model, optimizer, train_state: dict, keep: int = 0) -> str:
     from megatron.core import dist_checkpointing
 
     uri = step_dir(root, step)
@@ -78,6 +90,7 @@ def save(root: str, step: int, model, optimizer, train_state: dict) -> str:
             dist.barrier()
         if rank == 0:
             storage.write_text(storage.join(root, LATEST), json.dumps({"step": step, "uri": uri}))
+            prune(root, keep)
         if dist.is_initialized():
             dist.barrier()
     finally:
@@ -102,9 +115,7 @@ def load(uri: str, model, optimizer=None) -> dict:
 
     if optimizer is not None:
         _init_optimizer_state(optimizer)
-    tmp = tempfile.mkdtemp(prefix="ovpipe-ckpt-")
-    try:
-        _download_tree(uri, tmp)
+    with node_scratch.shared_copy(lambda folder: _download_tree(uri, folder), prefix="ovpipe-ckpt-") as tmp:
         state = dist_checkpointing.load(_sharded_state(model, optimizer, loading=True,
                                                        with_optimizer=optimizer is not None), tmp)
         model.load_state_dict(state["model"], strict=True)
@@ -112,8 +123,5 @@ def load(uri: str, model, optimizer=None) -> dict:
             with torch.no_grad():  # fp32 training: the distributed optimizer's main params are views of the model's
                 optimizer.load_state_dict(state["optimizer"])
             cpu_compat.unshare_optimizer_steps(optimizer)
-        path = os.path.join(tmp, "train_state.json")
-        with open(path) as f:
+        with open(os.path.join(tmp, "train_state.json")) as f:
             return json.load(f)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

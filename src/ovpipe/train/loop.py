@@ -265,7 +265,8 @@ def run_stage(recipe: Recipe, stage: str, store: str, run_id: str, log=print) ->
                 log(f"[{stage}] step {tr.step}/{cfg.steps} loss {m['loss']:.4f} lr {m['lr']:.2e} "
                     f"grad-norm {m['grad_norm']:.3f} {m['tokens_per_second']:,.0f} tok/s")
             if tr.step % t.checkpoint_every == 0 or tr.step == cfg.steps:
-                checkpoint.save(ckpt_root, tr.step, tr.model.module, tr.optimizer, _train_state(tr, tracker))
+                checkpoint.save(ckpt_root, tr.step, tr.model.module, tr.optimizer, _train_state(tr, tracker),
+                                keep=t.keep_checkpoints)
     except BaseException:
         tracker.finish("FAILED")
         raise
