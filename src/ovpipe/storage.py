@@ -366,7 +366,7 @@ def delete_tree(uri: str) -> None:
     keys = [split_s3(u)[1] for u in list_uris(uri)]
     for i in range(0, len(keys), 1000):  # S3's limit per DeleteObjects call
         batch = {"Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True}
-        resp = _retry("delete", uri, lambda: s3_client().delete_objects(Bucket=bucket, Delete=batch))
+        resp = _retry("delete", uri, lambda b=batch: s3_client().delete_objects(Bucket=bucket, Delete=b))
         if resp.get("Errors"):
             raise StorageError(f"delete {uri}: {resp['Errors'][0]}")
 

@@ -8,8 +8,9 @@ Layout under a stage's folder:
 A checkpoint without `latest.json` pointing at it does not exist for a reader, so a crash during an
 upload never leaves a half checkpoint to resume from. Every rank writes its own files into a local
 temporary folder (nodes need not share a filesystem) and uploads them; loading downloads the whole
-folder once per node, into a folder the node's ranks share (train/node_scratch.py). `train_state.json` holds the step, the scheduler, the data position and the
-MLflow run id.
+folder once per node, into a folder the node's ranks share (train/node_scratch.py).
+`train_state.json` holds the step, the scheduler, the data position and the MLflow run id. A stage keeps
+its newest `train.keep_checkpoints` step folders; older ones are deleted once latest.json has moved on.
 """
 from __future__ import annotations
 
