@@ -38,10 +38,10 @@ def import_open_clip():
 
 def _register(arch: str, model_config: dict) -> None:
     open_clip = import_open_clip()
-    folder = tempfile.mkdtemp(prefix="ovpipe-clip-")
-    with open(os.path.join(folder, f"{arch}.json"), "w") as f:
-        json.dump(model_config, f)
-    open_clip.add_model_config(folder)
+    with tempfile.TemporaryDirectory(prefix="ovpipe-clip-") as folder:  # open_clip reads it at once
+        with open(os.path.join(folder, f"{arch}.json"), "w") as f:
+            json.dump(model_config, f)
+        open_clip.add_model_config(folder)
 
 
 @functools.lru_cache(maxsize=2)

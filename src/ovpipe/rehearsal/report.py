@@ -61,8 +61,9 @@ def text(report: dict) -> str:
                      f"export vs model: max |d loss| {check.get('max_abs_diff', float('nan')):.2e} "
                      f"over {check.get('tokens', 0)} tokens")
         for r in s.get("ranks") or []:
+            step = "no step run here" if r["step_seconds"] is None else f"{r['step_seconds']:.2f} s/step"
             lines.append(f"  {'':15s} rank {r['rank']} (tp {r['tp_rank']}, dp {r['dp_rank']}): peak "
-                         f"{r['peak_memory_gib']:.2f} GiB ({r['memory']}), {r['step_seconds']:.2f} s/step")
+                         f"{r['peak_memory_gib']:.2f} GiB ({r['memory']}), {step}")
     if "eval" in report:
         scores = ", ".join(f"{t} {v:.2f}" for t, v in report["eval"]["scores"].items() if isinstance(v, float))
         lines.append(f"  {'eval':15s} {report['eval']['evaluated']}: {scores}")

@@ -255,6 +255,7 @@ def run_stage(recipe: Recipe, stage: str, store: str, run_id: str, log=print) ->
             log(f"[{stage}] resuming from {found['uri']} (step {tr.step})")
     tracker = Tracker(store, run_id, stage, recipe.to_dict(), state.get("mlflow_run_id"), enabled=rank == 0)
     cfg, t = getattr(recipe.train, stage), recipe.train
+    ran_from = len(tr.history)  # a resumed history's earlier steps are rank 0's, timed by another process
     try:
         while tr.step < cfg.steps:
             m = train_step(tr)
@@ -276,7 +277,7 @@ def run_stage(recipe: Recipe, stage: str, store: str, run_id: str, log=print) ->
     # every rank: the check batch's losses and the full language weights (both need the whole TP group)
     check_mb = tr.data.micro_batches(0)[0]
     reference = stage_checks.megatron_losses(tr.model.module, check_mb)
-    ranks = stage_checks.rank_report(tr.history)
+    ranks = stage_checks.rank_report(tr.history[ran_from:])
     # The final checkpoint holds the optimizer: its moments (2 copies of the weights) go before the export's
     # copies of the weights come (gathered, converted, read back for the check).
     tr.optimizer = tr.scheduler = None

@@ -77,8 +77,8 @@ def check_agreement(result: dict, where: str) -> None:
 
 
 def rank_report(history: list[dict]) -> list[dict] | None:
-    """Every rank's peak memory and mean step time (the first step, with its one-off costs, left out),
-    gathered on rank 0 (None elsewhere)."""
+    """Every rank's peak memory and mean step time over the steps this process ran (`history`; the first,
+    with its one-off costs, left out), gathered on rank 0 (None elsewhere)."""
     from megatron.core import parallel_state as ps
 
     timed = history[1:] or history
@@ -88,7 +88,7 @@ def rank_report(history: list[dict]) -> list[dict] | None:
         peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "max_rss"
     mine = {"rank": dist.get_rank(), "tp_rank": ps.get_tensor_model_parallel_rank(),
             "dp_rank": ps.get_data_parallel_rank(), "peak_memory_gib": round(peak / 2**30, 3), "memory": kind,
-            "step_seconds": round(sum(h["step_seconds"] for h in timed) / max(len(timed), 1), 4)}
+            "step_seconds": round(sum(h["step_seconds"] for h in timed) / len(timed), 4) if timed else None}
     gathered = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
     dist.gather_object(mine, gathered, dst=0)
     return gathered
