@@ -40,16 +40,16 @@ def shared_copy(fill: Callable[[str], None], prefix: str = "ovpipe-") -> Iterato
     if mine is not None and mine != path:  # another rank of this host fills: ours is not needed
         shutil.rmtree(mine, ignore_errors=True)
     filler = mine == path
-    error = failure = None
+    failure = None
     if filler:
         try:
             fill(path)
         except Exception as exc:  # told to the node's other ranks below, then raised here
-            error = f"{type(exc).__name__}: {exc}"
             failure = exc
-    errors = [e for h, p, e in _gather((host, path, error)) if h == host and p == path and e]
+    told = f"{type(failure).__name__}: {failure}" if failure else None
+    errors = [e for h, p, e in _gather((host, path, told)) if h == host and p == path and e]
     try:
-        if error:
+        if failure:
             raise failure
         if errors:
             raise RuntimeError(f"the rank filling {path} on {host} failed: {errors[0]}")
