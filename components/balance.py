@@ -1,10 +1,10 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Metrics, Output
 
-from components.images import DATA_IMAGE
+from components.platform import image
 
 
-@dsl.component(base_image=DATA_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=image("balance"), install_kfp_package=False)
 def balance(recipe: str, store: str, run_id: str, overrides: str, selected: Output[Dataset],
             metrics: Output[Metrics]):
     """Concept counts → inverse-frequency (or MetaCLIP) sampling → selected ids, plots, flatness."""

@@ -1,9 +1,9 @@
 from kfp import dsl
 
-from components.images import GPU_IMAGE
+from components.platform import image
 
 
-@dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=image("caption"), install_kfp_package=False)
 def caption(recipe: str, store: str, run_id: str, overrides: str, shards: str) -> str:
     """EN/ZH captions (vllm | hf | passthrough) for the selected images of a shard range."""
     from ovpipe import tasks

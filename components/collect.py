@@ -1,10 +1,10 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Metrics, Output
 
-from components.images import DATA_IMAGE
+from components.platform import image
 
 
-@dsl.component(base_image=DATA_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=image("data"), install_kfp_package=False)
 def collect(step: str, recipe: str, store: str, run_id: str, overrides: str, done: list,
             manifest: Output[Dataset], metrics: Output[Metrics], dataset: str = "mid"):
     """Check every shard of a step is committed, merge rejects, write the step's manifest."""

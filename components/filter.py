@@ -1,9 +1,9 @@
 from kfp import dsl
 
-from components.images import DATA_IMAGE
+from components.platform import image
 
 
-@dsl.component(base_image=DATA_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=image("filter"), install_kfp_package=False)
 def filter_rules(recipe: str, store: str, run_id: str, overrides: str, shards: str) -> str:
     """Caption rules and image-text similarity for a shard range; survivors get dedup signatures."""
     from ovpipe import tasks
@@ -11,7 +11,7 @@ def filter_rules(recipe: str, store: str, run_id: str, overrides: str, shards: s
     return tasks.process("filter", recipe, store, run_id, overrides, shards, phase="rules")
 
 
-@dsl.component(base_image=DATA_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=image("filter"), install_kfp_package=False)
 def filter_dedup(recipe: str, store: str, run_id: str, overrides: str, rules_done: list) -> str:
     """Global exact and near-duplicate clusters over every shard's signatures."""
     from ovpipe import tasks
@@ -19,7 +19,7 @@ def filter_dedup(recipe: str, store: str, run_id: str, overrides: str, rules_don
     return tasks.filter_dedup(recipe, store, run_id, overrides)
 
 
-@dsl.component(base_image=DATA_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=image("filter"), install_kfp_package=False)
 def filter_write(recipe: str, store: str, run_id: str, overrides: str, shards: str, dedup: str) -> str:
     """Curated webdataset shards: original image bytes, chosen caption, metadata."""
     from ovpipe import tasks

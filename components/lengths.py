@@ -1,9 +1,9 @@
 from kfp import dsl
 
-from components.images import DATA_IMAGE
+from components.platform import image
 
 
-@dsl.component(base_image=DATA_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=image("lengths"), install_kfp_package=False)
 def lengths(recipe: str, store: str, run_id: str, overrides: str, shards: str, dataset: str) -> str:
     """Exact token lengths (chat template + text + image tokens from headers) for a shard range."""
     from ovpipe import tasks

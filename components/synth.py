@@ -1,10 +1,10 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Output
 
-from components.images import DATA_IMAGE
+from components.platform import image
 
 
-@dsl.component(base_image=DATA_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=image("synth"), install_kfp_package=False)
 def synth(recipe: str, store: str, run_id: str, overrides: str, corpus: Output[Dataset], dataset: str = "mid"):
     """Write a synthetic corpus: raw scenes (mid), alignment pairs (stage1) or conversations (sft);
     a no-op when the recipe names that dataset's input."""

@@ -1,10 +1,10 @@
 from kfp import dsl
 from kfp.dsl import Metrics, Model, Output
 
-from components.images import DATA_IMAGE
+from components.platform import image
 
 
-@dsl.component(base_image=DATA_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=image("data"), install_kfp_package=False)
 def train(stage: str, recipe: str, store: str, run_id: str, overrides: str, model: Output[Model],
           metrics: Output[Metrics]):
     """A training stage (stage1 | mid | sft): local torchrun, or a TrainJob this task creates and watches."""

@@ -1,10 +1,10 @@
 from kfp import dsl
 from kfp.dsl import Metrics, Model, Output
 
-from components.images import DATA_IMAGE
+from components.platform import image
 
 
-@dsl.component(base_image=DATA_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=image("vit"), install_kfp_package=False)
 def vit(recipe: str, store: str, run_id: str, overrides: str, model: Output[Model], metrics: Output[Metrics]):
     """Pretrain the vision tower on labelled synthetic scenes (tiny recipes); nothing when vit.steps is 0."""
     from ovpipe import tasks

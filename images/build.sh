@@ -3,8 +3,10 @@
 #   images/build.sh base      a Debian 12 + Python 3.11 base made offline (debootstrap → podman import) and a
 #                             local copy of uv's image (the uv binary from its PyPI wheel), for when no
 #                             registry base can be pulled
-#   images/build.sh images    the data image and a CPU build of the training image (images/gpu.Dockerfile)
-#   images/build.sh tags      the tags the components run (components/images.py, OVPIPE_IMAGE_REGISTRY)
+#   images/build.sh images    the data image, a CPU build of the training image (images/gpu.Dockerfile) and
+#                             the chart's MLflow server (images/mlflow.Dockerfile)
+#   images/build.sh tags      the tags the components run: the cluster profile's (PROFILE, default local:
+#                             localhost/ovpipe/…); PUSH=1 pushes them to the profile's registry
 #   images/build.sh serve -- CMD ...   CMD with DOCKER_HOST at a Docker API: Docker's own, or podman's
 #                             service, started for CMD and stopped after it (kfp.local.DockerRunner needs one)
 # ENGINE=docker|podman (default: docker when a Docker engine answers, else podman). A missing podman,
@@ -19,7 +21,7 @@ BASE=${BASE_IMAGE:-localhost/ovpipe/debian-python:bookworm}
 UV_VERSION=0.13.8
 UV_IMAGE=${UV_IMAGE:-localhost/ovpipe/uv:$UV_VERSION}
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$ROOT/images/containers.conf}
-export OVPIPE_IMAGE_REGISTRY=${OVPIPE_IMAGE_REGISTRY:-localhost/ovpipe}
+PROFILE=${PROFILE:-local}
 
 engine() {
     if [ -n "${ENGINE:-}" ]; then echo "$ENGINE"; elif docker info >/dev/null 2>&1; then echo docker; else echo podman; fi
@@ -35,8 +37,8 @@ need() {  # apt packages for the commands given, installed only when one is miss
         uidmap ca-certificates >/dev/null
 }
 
-tag() {  # tag NAME: the image tag of DATA_IMAGE / GPU_IMAGE, read from components/images.py
-    "$PY" -c 'import runpy, sys; print(runpy.run_path("components/images.py")[sys.argv[1]])' "$1"
+tag() {  # tag FAMILY: the profile's tag of that image family (configs/cluster/$PROFILE.yaml)
+    "$PY" -m ovpipe.profile tag "$PROFILE" "$1"
 }
 
 # The builder's own pip settings and trust store travel into RUN steps (podman only): a machine whose pip
@@ -80,16 +82,22 @@ images() {
     version=$(git describe --always --dirty 2>/dev/null || echo unknown)
     # shellcheck disable=SC2046
     $e build $(build_mounts) -f images/data.Dockerfile --build-arg BASE_IMAGE="$BASE" \
-        --build-arg OVPIPE_CODE_VERSION="$version" -t "$(tag DATA_IMAGE)" .
+        --build-arg OVPIPE_CODE_VERSION="$version" -t "$(tag data)" .
     # shellcheck disable=SC2046
     $e build $(build_mounts) -f images/gpu.Dockerfile --build-arg UV_IMAGE="$UV_IMAGE" \
         --build-arg BUILD_BASE="$BASE" --build-arg RUNTIME_BASE="$BASE" --build-arg PYTHON_VERSION= \
-        --build-arg OVPIPE_EXTRAS= --build-arg OVPIPE_CODE_VERSION="$version" -t "$(tag GPU_IMAGE)" .
+        --build-arg OVPIPE_EXTRAS= --build-arg OVPIPE_CODE_VERSION="$version" -t "$(tag gpu)" .
+    # shellcheck disable=SC2046
+    $e build $(build_mounts) -f images/mlflow.Dockerfile --build-arg BASE_IMAGE="$BASE" -t "$(tag mlflow)" .
     tags
+    if [ "${PUSH:-0}" = 1 ]; then
+        local t
+        for t in $(tags); do $e push "$t"; done
+    fi
 }
 
 tags() {
-    echo "$(tag DATA_IMAGE) $(tag GPU_IMAGE)"
+    echo "$(tag data) $(tag gpu) $(tag mlflow)"
 }
 
 serve() {

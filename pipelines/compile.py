@@ -1,4 +1,6 @@
-"""Compile every pipeline into pipelines/compiled/ (checked in; a test fails when stale)."""
+"""Compile every pipeline for a cluster profile: `OVPIPE_PROFILE=NAME python -m pipelines.compile [OUT]`
+(`make compile PROFILE=NAME`). The default profile's YAMLs are checked in under pipelines/compiled/ (a test
+fails when they are stale); another profile's go to build/compiled/NAME/."""
 from __future__ import annotations
 
 import os
@@ -6,15 +8,16 @@ import sys
 
 from kfp import compiler
 
+from components.platform import COMPILED
 from pipelines.curation import curation
 from pipelines.evaluation import evaluation
 from pipelines.full import full
 from pipelines.packing import packing
-from pipelines.training import training
+from pipelines.training import stage, training
 
-PIPELINES = {"curation": curation, "packing": packing, "training": training, "evaluation": evaluation,
-             "full": full}
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "compiled")
+PIPELINES = {"curation": curation, "packing": packing, "training": training, "stage": stage,
+             "evaluation": evaluation, "full": full}
+OUT = COMPILED
 
 
 def compile_all(out_dir: str = OUT) -> list[str]:

@@ -13,16 +13,15 @@ from components.concepts import concepts, concepts_index
 from components.embed import embed
 from components.filter import filter_dedup, filter_rules, filter_write
 from components.plan import plan
-from components.platform import on_cluster
+from components.platform import STEPS, on_cluster
 from components.synth import synth
 
-STEPS = ("synth", "embed", "concepts", "balance", "caption", "filter")
 PARALLELISM = 16  # concurrent shard-range tasks per loop on the cluster
 
 
-def curation_dag(recipe: str, store: str, run_id: str, overrides: str, steps=STEPS,
+def curation_dag(recipe: str, store: str, run_id: str, overrides: str, steps=STEPS.CURATION,
                  caption_gpus=1) -> dsl.PipelineTask:
-    """Add the curation tasks for `steps` (a contiguous subset of STEPS); returns the last task.
+    """Add the curation tasks for `steps` (a contiguous subset of the curation steps); returns the last task.
 
     caption_gpus: GPUs per caption task (the recipe's caption.tensor_parallel for vLLM)."""
     a = dict(recipe=recipe, store=store, run_id=run_id, overrides=overrides)

@@ -1,16 +1,17 @@
 """The whole DAG: curation → packing of the curated corpus; stage-1 and stage-2 data packed beside it."""
 from kfp import dsl
 
+from components.evaluate import eval_wanted
+from components.platform import STEPS, on_cluster
 from pipelines.curation import curation_dag
 from pipelines.evaluation import eval_task
 from pipelines.packing import packing_dag
 from pipelines.training import STAGES, training_dag
 
-STEPS = ("synth", "embed", "concepts", "balance", "caption", "filter", "lengths", "pack", "vit", *STAGES, "eval")
-CURATION = STEPS[:6]
+CURATION = STEPS.CURATION
 
 
-def full_dag(recipe: str, store: str, run_id: str, overrides: str, steps=STEPS, caption_gpus=1) -> None:
+def full_dag(recipe: str, store: str, run_id: str, overrides: str, steps=STEPS.NAMES, caption_gpus=1) -> None:
     a = dict(recipe=recipe, store=store, run_id=run_id, overrides=overrides)
     curated = None
     if set(steps) & set(CURATION):
@@ -26,9 +27,16 @@ def full_dag(recipe: str, store: str, run_id: str, overrides: str, steps=STEPS, 
     if stages or "vit" in steps:
         trained = training_dag(stages=stages, after=packed if packing else None, pretrain="vit" in steps, **a)
     if "eval" in steps:
-        # after sft; after stage1 and mid too when the recipe sets eval.after_each_stage (else they skip)
+        # after sft; after stage1 and mid too when the recipe sets eval.after_each_stage: a CPU task reads
+        # the recipe, and an eval it skips is never scheduled (no GPU held for nothing)
         for stage in STAGES if stages else ("sft",):
-            task = eval_task(checkpoint=f"stage:{stage}", name=f"eval-{stage}", **a)
+            if stage == "sft":
+                task = eval_task(checkpoint=f"stage:{stage}", name=f"eval-{stage}", **a)
+            else:
+                wanted = on_cluster(eval_wanted(checkpoint=f"stage:{stage}", **a), memory="1G")
+                wanted.set_display_name(f"eval-{stage}-wanted")
+                with dsl.If(wanted.output == True, name=f"eval-{stage}"):  # noqa: E712 (a KFP condition)
+                    task = eval_task(checkpoint=f"stage:{stage}", name=f"eval-{stage}", **a)
             if stage in trained:
                 task.after(trained[stage])
 

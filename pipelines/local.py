@@ -4,15 +4,17 @@ from typing import Optional, Sequence
 
 from kfp import dsl, local
 
-from pipelines.full import STEPS, full_dag
+from components.platform import STEPS
+from pipelines.full import full_dag
 
 
 def select_steps(first: Optional[str] = None, last: Optional[str] = None) -> Sequence[str]:
-    lo = STEPS.index(first) if first else 0
-    hi = STEPS.index(last) if last else len(STEPS) - 1
+    names = STEPS.NAMES
+    lo = names.index(first) if first else 0
+    hi = names.index(last) if last else len(names) - 1
     if lo > hi:
         raise ValueError(f"--from {first} comes after --until {last}")
-    return STEPS[lo:hi + 1]
+    return names[lo:hi + 1]
 
 
 def run(recipe: str, store: str, run_id: str, overrides: str, steps: Sequence[str], pipeline_root: str,

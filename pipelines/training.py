@@ -2,11 +2,11 @@
 stage 2 (sft), each after its packed data."""
 from kfp import dsl
 
-from components.platform import on_cluster
+from components.platform import STEPS, on_cluster
 from components.train import train
 from components.vit import vit
 
-STAGES = ("stage1", "mid", "sft")
+STAGES = STEPS.STAGES
 
 
 def training_dag(recipe: str, store: str, run_id: str, overrides: str, stages=STAGES, after=None, pretrain=True):
@@ -19,7 +19,7 @@ def training_dag(recipe: str, store: str, run_id: str, overrides: str, stages=ST
     for stage in stages:
         # the task only submits and watches the TrainJob on a cluster: no GPU, little memory
         task = on_cluster(train(stage=stage, **a).set_display_name(f"train-{stage}"), cpu="1", memory="2G",
-                          retries=1)
+                          retries=1, profile_env=True)
         task.set_caching_options(False)  # a stage resumes from its own checkpoints instead
         for dep in (last, (after or {}).get(stage)):
             if dep is not None:
@@ -33,3 +33,12 @@ def training_dag(recipe: str, store: str, run_id: str, overrides: str, stages=ST
 def training(recipe: str = "configs/recipes/ov15-8b.yaml", store: str = "s3://ovpipe/runs", run_id: str = "ov15-8b",
              overrides: str = "{}"):
     training_dag(recipe, store, run_id, overrides)
+
+
+@dsl.pipeline(name="ovpipe-stage", description="One training stage (stage1 | mid | sft) on an earlier run's data "
+              "and checkpoints: `ovpipe kfp run-stage`")
+def stage(stage: str = "mid", recipe: str = "configs/recipes/ov15-8b.yaml", store: str = "s3://ovpipe/runs",
+          run_id: str = "ov15-8b", overrides: str = "{}"):
+    task = on_cluster(train(stage=stage, recipe=recipe, store=store, run_id=run_id, overrides=overrides),
+                      cpu="1", memory="2G", retries=1, profile_env=True)
+    task.set_display_name("train").set_caching_options(False)

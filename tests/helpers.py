@@ -7,8 +7,8 @@ import os
 import pyarrow.parquet as pq
 
 from ovpipe import storage
-from ovpipe.cli import make_context, run_step
-from ovpipe.sharded import Context
+from ovpipe.sharded import Context, make_context
+from ovpipe.steps import run as run_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "recipes", "tiny.yaml")

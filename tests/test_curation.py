@@ -10,9 +10,9 @@ import time
 import pytest
 
 from ovpipe import storage
-from ovpipe.cli import make_context, run_step
 from ovpipe.data.synth import BAD_KINDS
-from ovpipe.sharded import shard_name
+from ovpipe.sharded import make_context, shard_name
+from ovpipe.steps import run as run_step
 from tests.helpers import SMALL, STEPS, TINY, data_digests, rejects, run_all, small_context, synth_meta
 
 

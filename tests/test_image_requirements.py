@@ -68,9 +68,11 @@ def test_gpu_image_requirements_resolve(tmp_path):
     assert got["torch"] == want["torch"]
 
 
-def test_caption_image_requirements_resolve(tmp_path):
-    """vLLM on its own pins beside the caption step's needs: constraints.txt less the released pins."""
-    text = (ROOT / "images" / "caption-requirements.txt").read_text()
+@pytest.mark.parametrize("image, program", [("caption", "vllm"), ("mlflow", "mlflow")])
+def test_image_requirements_resolve_beside_our_pins(tmp_path, image, program):
+    """An image on another program's pins (vLLM for captioning, the MLflow server) beside ours:
+    constraints.txt less the released pins."""
+    text = (ROOT / "images" / f"{image}-requirements.txt").read_text()
     released = set(re.search(r"^# released-pins: *(.+)$", text, re.M).group(1).split())
     reqs = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
     constraints = [line for line in PINS.read_text().splitlines() if _name(line) not in released]
@@ -78,7 +80,7 @@ def test_caption_image_requirements_resolve(tmp_path):
     want = pins()
     moved = {k: (v, want[k]) for k, v in got.items() if k in want and v != want[k] and k not in released}
     assert not moved, f"resolved away from constraints.txt: {moved}"
-    assert "vllm" in got and got["vllm"] == next(_l.split("==")[1] for _l in reqs if _name(_l) == "vllm")
-    # every released pin is one vLLM really moves: otherwise it should be pinned like the rest
+    assert program in got and got[program] == next(_l.split("==")[1] for _l in reqs if _name(_l) == program)
+    # every released pin is one the program really moves: otherwise it should be pinned like the rest
     unneeded = sorted(k for k in released if got.get(k) == want.get(k))
-    assert not unneeded, f"released-pins that vLLM's resolution keeps anyway: {unneeded}"
+    assert not unneeded, f"released-pins that {program}'s resolution keeps anyway: {unneeded}"

@@ -17,10 +17,10 @@ import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
 
+from ovpipe import deploy
+from ovpipe import profile as profiles
 from ovpipe.config import ClusterConfig, load_recipe
-from ovpipe.storage import S3_ENV
 from ovpipe.train import launch
-from ovpipe.train.tracking import MLFLOW_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 CRDS = Path(__file__).resolve().parents[2] / "shared" / "crds"  # ../shared/crds beside the repo
@@ -40,13 +40,17 @@ def with_cluster(recipe, **changes):
     return dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, cluster=cluster))
 
 
-def all_jobs(recipe):
-    """(label, job) for every API × stage × node count the schema tests cover."""
-    for api in ("trainjob", "pytorchjob"):
-        for stage in launch.STAGES:
-            for nodes in (1, 4):
-                job = launch.build_job(with_cluster(recipe, api=api, nodes=nodes), stage, **KW)
-                yield f"{api}-{stage}-{nodes}", job
+PROFILES = ("default", "h100-pool")  # configs/cluster/
+
+
+def all_jobs(recipe, profile=None):
+    """(label, job) for every API × stage × node count × profile the schema tests cover."""
+    for p in [profile] if profile else [profiles.load(n) for n in PROFILES]:
+        for api in ("trainjob", "pytorchjob"):
+            for stage in launch.STAGES:
+                for nodes in (1, 4):
+                    job = launch.build_job(with_cluster(recipe, api=api, nodes=nodes), stage, p, **KW)
+                    yield f"{p.name}-{api}-{stage}-{nodes}", job
 
 
 # ---------------------------------------------------------------- golden files
@@ -158,7 +162,8 @@ def name_errors(obj: dict) -> list[str]:
 
 
 def test_every_job_and_the_runtime_validate_against_their_crds(recipe):
-    objects = dict(all_jobs(recipe)) | {"runtime": launch.cluster_training_runtime()}
+    objects = dict(all_jobs(recipe)) | {f"runtime-{n}": launch.cluster_training_runtime(profiles.load(n))
+                                        for n in PROFILES}
     problems = [f"{label}: {p}" for label, obj in objects.items() for p in schema_errors(obj) + name_errors(obj)]
     assert not problems, "\n".join(problems[:20])
 
@@ -244,31 +249,55 @@ def test_secrets_only_by_reference(recipe, monkeypatch):
               "MLFLOW_TRACKING_PASSWORD": "fake-mlflow-password"}
     for key, value in values.items():
         monkeypatch.setenv(key, value)
-    recipe = with_cluster(recipe, s3_secret="team-s3", mlflow_secret="team-mlflow")
-    texts = [launch.to_yaml(job) for _, job in all_jobs(recipe)] + [launch.runtime_manifest()]
+    team = profiles.from_dict({"s3_secret": "team-s3", "mlflow_secret": "team-mlflow", "config_map": "team-config",
+                               "s3_secret_keys": {"AWS_ACCESS_KEY_ID": "accesskey",
+                                                  "AWS_SECRET_ACCESS_KEY": "secretkey"}})
+    jobs = list(all_jobs(recipe, team))
+    texts = [launch.to_yaml(job) for _, job in jobs] + [launch.to_yaml(launch.cluster_training_runtime(team))]
     for text in texts:
         for value in values.values():
             assert value not in text
-    for label, job in all_jobs(recipe):
+    for label, job in jobs:
         for c in containers(job):
             env = {e["name"]: e for e in c["env"]}
-            for key in S3_ENV + MLFLOW_ENV:
-                assert "value" not in env[key], f"{label}: {key} has a value"
-            for key in S3_ENV:
-                assert env[key]["valueFrom"]["secretKeyRef"] == {"name": "team-s3", "key": key}, label
-            for key in MLFLOW_ENV:
+            assert all("value" not in env[k] for k in values), f"{label}: a secret has a value"
+            assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {"name": "team-s3", "key": "accesskey"}
+            assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "team-s3", "key": "secretkey"}
+            for key in profiles.CONFIG_KEYS:
+                assert env[key]["valueFrom"]["configMapKeyRef"] == {"name": "team-config", "key": key,
+                                                                    "optional": True}, label
+            for key in profiles.MLFLOW_CREDENTIALS:
                 assert env[key]["valueFrom"]["secretKeyRef"] == {"name": "team-mlflow", "key": key,
                                                                  "optional": True}, label
+
+
+def test_jobs_follow_the_profile(recipe):
+    pool = profiles.load("h100-pool")
+    for label, job in all_jobs(recipe, pool):
+        assert job["metadata"]["namespace"] == "ml-research", label
+        for c in containers(job):
+            assert c["image"] == pool.image("gpu") and "@sha256:" in c["image"], label
+        if job["kind"] == "PyTorchJob":
+            pod = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+            assert pod["nodeSelector"] == {"node-pool": "h100",
+                                           "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+            dedicated = {"key": "dedicated", "operator": "Equal", "value": "h100", "effect": "NoSchedule"}
+            assert dedicated in pod["tolerations"]
+            assert pod["imagePullSecrets"] == [{"name": "registry-example-org"}]
+            assert pod["volumes"][0]["emptyDir"]["sizeLimit"] == "128Gi"
 
 
 # ---------------------------------------------------------------- manifests/
 
 
-def test_runtime_manifest_is_in_sync():
-    path = MANIFESTS / launch.RUNTIME_FILE
-    assert path.read_text() == launch.runtime_manifest(), \
-        f"{path} is stale: regenerate with `python -m ovpipe.train.launch manifests`"
-    runtime = yaml.safe_load(path.read_text())
+def test_manifests_are_generated_from_the_profiles():
+    tree = deploy.manifest_tree(deploy.OVERLAYS)
+    stale = [rel for rel, text in tree.items()
+             if not (MANIFESTS / rel).is_file() or (MANIFESTS / rel).read_text() != text]
+    assert not stale, f"manifests/{stale} stale: regenerate with `python -m ovpipe.deploy manifests`"
+    extra = {str(p.relative_to(MANIFESTS)) for p in MANIFESTS.rglob("*.yaml")} - set(tree)
+    assert not extra, f"hand-written manifests beside the generated ones: {extra}"
+    runtime = yaml.safe_load((MANIFESTS / "base" / launch.RUNTIME_FILE).read_text())
     assert runtime == launch.cluster_training_runtime()
     assert runtime["metadata"]["name"] == ClusterConfig().runtime
     node = runtime["spec"]["template"]["spec"]["replicatedJobs"][0]
@@ -276,50 +305,58 @@ def test_runtime_manifest_is_in_sync():
     assert node["template"]["metadata"]["labels"]["trainer.kubeflow.org/trainjob-ancestor-step"] == "trainer"
     (container,) = node["template"]["spec"]["template"]["spec"]["containers"]
     assert container["name"] == "node"
-    assert container["envFrom"] == [{"secretRef": {"name": "ovpipe-s3"}},
-                                    {"secretRef": {"name": "ovpipe-mlflow", "optional": True}}]
+    assert container["env"][1:] == profiles.pod_env(profiles.Profile())
 
 
-def test_kustomization_lists_existing_files_and_the_rbac_fits_the_submitter():
-    kustomization = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())
-    resources = kustomization["resources"]
-    assert len(set(resources)) == len(resources)
-    missing = [r for r in resources if not (MANIFESTS / r).is_file()]
-    assert not missing, f"kustomization.yaml lists missing files: {missing}"
-    unlisted = {p.name for p in MANIFESTS.glob("*.yaml")} - set(resources) - {"kustomization.yaml"}
-    assert not unlisted, f"manifests not in kustomization.yaml: {unlisted}"
-    docs = [d for r in resources for d in yaml.safe_load_all((MANIFESTS / r).read_text()) if d]
-    by_kind = {d["kind"]: d for d in docs}
-    assert set(by_kind) == {"ServiceAccount", "Role", "RoleBinding", "ClusterTrainingRuntime"}
-    for kind in ("ServiceAccount", "Role", "RoleBinding"):
-        assert by_kind[kind]["metadata"]["namespace"] == ClusterConfig().namespace
-    assert "namespace" not in by_kind["ClusterTrainingRuntime"]["metadata"]  # cluster-scoped
-    sa, role, binding = by_kind["ServiceAccount"], by_kind["Role"], by_kind["RoleBinding"]
-    assert sa["metadata"]["name"] == "ovpipe-pipeline-runner"
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                                  "name": role["metadata"]["name"]}
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "ovpipe-pipeline-runner",
-                                    "namespace": ClusterConfig().namespace}]
-    allowed = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+def test_the_role_allows_exactly_what_the_launcher_calls(recipe):
+    """Every call submit_and_wait makes (create, poll, delete a failed job, list pods, read logs), for both
+    job kinds, is allowed by the Role, and every rule of the Role is used by one of them."""
+    verbs = {"create_namespaced_custom_object": "create", "get_namespaced_custom_object": "get",
+             "delete_namespaced_custom_object": "delete", "list_namespaced_pod": "list",
+             "read_namespaced_pod_log": "get"}
+    used = set()
+
+    class Recording:
+        def __init__(self, inner, core=False):
+            self.inner, self.core = inner, core
+
+        def __getattr__(self, name):
+            def call(*args, **kw):
+                if self.core:
+                    resource = "pods/log" if name == "read_namespaced_pod_log" else "pods"
+                    used.add(("", resource, verbs[name]))
+                else:
+                    used.add((kw["group"], kw["plural"], verbs[name]))
+                return getattr(self.inner, name)(*args, **kw)
+            return call
+
+    for api in ("trainjob", "pytorchjob"):
+        job = launch.build_job(with_cluster(recipe, api=api), "mid", profiles.Profile(), **KW)
+        failed = {**job, "status": {"conditions": [cond("Failed")]}}
+        custom = FakeCustomObjects([{"conditions": [cond("Failed")]}], existing=failed)  # replaced, fails again
+        with pytest.raises(RuntimeError):
+            launch.submit_and_wait(job, custom_api=Recording(custom), core_api=Recording(FakeCore([("p-0", "Failed")]),
+                                   core=True), timeout_s=5, poll_s=0, log=lambda _: None)
+    allowed = {(g, r, v) for rule in deploy.ROLE_RULES for g in rule["apiGroups"] for r in rule["resources"]
                for v in rule["verbs"]}
-    for group, plural in (("trainer.kubeflow.org", "trainjobs"), ("kubeflow.org", "pytorchjobs")):
-        for verb in ("create", "get", "list", "watch", "delete"):
-            assert (group, plural, verb) in allowed
-    for resource in ("pods", "pods/log"):
-        for verb in ("get", "list", "watch"):
-            assert ("", resource, verb) in allowed
+    assert used == allowed, f"called but not allowed: {used - allowed}; allowed but never called: {allowed - used}"
 
 
-def test_kustomize_builds_the_base():
-    kubectl = shutil.which("kubectl")
-    if not kubectl:
-        pytest.skip("kubectl not installed (the kustomization is checked by the test above)")
-    res = subprocess.run([kubectl, "kustomize", str(MANIFESTS)], capture_output=True, text=True, timeout=60)
+def kubectl() -> str:
+    found = shutil.which("kubectl") or str(ROOT / ".tools" / "bin" / "kubectl")
+    if not os.access(found, os.X_OK):
+        pytest.skip("kubectl not installed: make tools")
+    return found
+
+
+@pytest.mark.parametrize("folder, name", [("base", "default"), ("overlays/h100-pool", "h100-pool")])
+def test_kustomize_renders_each_profile(folder, name):
+    res = subprocess.run([kubectl(), "kustomize", str(MANIFESTS / folder)], capture_output=True, text=True,
+                         timeout=60)
     assert res.returncode == 0, res.stderr
-    docs = [d for d in yaml.safe_load_all(res.stdout) if d]
-    assert sorted(d["kind"] for d in docs) == ["ClusterTrainingRuntime", "Role", "RoleBinding", "ServiceAccount"]
-    (runtime,) = [d for d in docs if d["kind"] == "ClusterTrainingRuntime"]
-    assert runtime == launch.cluster_training_runtime()  # kustomize added nothing (no namespace)
+    docs = sorted((d for d in yaml.safe_load_all(res.stdout) if d), key=lambda d: d["kind"])
+    want = sorted(deploy.objects(profiles.load(name)), key=lambda d: d["kind"])
+    assert docs == want  # kustomize added nothing (no namespace on the cluster-scoped runtime)
 
 
 # ---------------------------------------------------------------- submit_and_wait with fake APIs

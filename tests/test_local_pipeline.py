@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ovpipe.cli import main, run_step
+from ovpipe.cli import main
+from ovpipe.steps import run as run_step
 from pipelines.local import select_steps
 from tests.helpers import SMALL, TINY, data_digests, run_all, small_context
 

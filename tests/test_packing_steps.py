@@ -8,11 +8,12 @@ import shutil
 import pytest
 
 from ovpipe import storage
-from ovpipe.cli import make_context, run_step
 from ovpipe.data import tables
 from ovpipe.packing.lengths import get_tokenizer
 from ovpipe.packing.packed_shards import energon_loader, read_packed
 from ovpipe.packing.sequence import encode
+from ovpipe.sharded import make_context
+from ovpipe.steps import run as run_step
 from tests.helpers import SMALL, TINY, rejects
 
 OPTS = SMALL + ["synth.shards=2", "synth.samples_per_shard=60", "packing.stage1.synth_samples_per_shard=60",

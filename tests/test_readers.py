@@ -9,8 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from ovpipe.cli import make_context, run_step
 from ovpipe.data.shards import ShardReport, TarWriter, iter_samples
+from ovpipe.sharded import make_context
+from ovpipe.steps import run as run_step
 from tests.helpers import SMALL, TINY
 
 

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from ovpipe import storage
-from ovpipe.cli import make_context, run_step
 from ovpipe.curation.concepts import topk_of
 from ovpipe.data import tables
 from ovpipe.models.clip import load_clip
 from ovpipe.rehearsal.captioner import build_tiny_vlm
+from ovpipe.sharded import make_context
+from ovpipe.steps import run as run_step
 from tests.helpers import SMALL, TINY, rejects
 
 OPTS = SMALL + ["synth.shards=2", "synth.samples_per_shard=40"]

@@ -25,7 +25,7 @@ def file_store(tmp_path, monkeypatch):
 
 def test_a_pod_without_a_tracking_uri_is_told_the_fix(file_store, monkeypatch):
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
-    with pytest.raises(tracking.TrackingError, match="MLFLOW_TRACKING_URI is not set in this pod.*mlflow_secret"):
+    with pytest.raises(tracking.TrackingError, match="MLFLOW_TRACKING_URI is not set in this pod.*config_map"):
         tracking.preflight(file_store)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "file:" + file_store + "/mlruns")  # an explicit choice is kept
     assert tracking.preflight(file_store).startswith("file:")

@@ -9,44 +9,16 @@ import os
 import sys
 import time
 
-from ovpipe import storage
-from ovpipe.config import TRAIN_STAGES as STAGES
-from ovpipe.config import ConfigError, load_recipe
-from ovpipe.sharded import Context
+from ovpipe import kfp_cli, profile, steps, storage
+from ovpipe.config import ConfigError
+from ovpipe.sharded import Context, make_context
+from ovpipe.steps import DATA_STEPS, DATASET_STEPS, STAGES
 
-STEPS = ("synth", "embed", "concepts", "balance", "caption", "filter", "lengths", "pack")
-DAG_STEPS = STEPS + ("vit",) + STAGES + ("eval",)  # what `ovpipe run --from/--until` can name
-DATASET_STEPS = ("synth", "lengths", "pack")  # run per dataset: mid (curated), stage1, sft
-MODULES = {"synth": "ovpipe.data.corpus", "lengths": "ovpipe.packing.lengths", "pack": "ovpipe.packing.pack",
-           "vit": "ovpipe.train.vit"}
 DEFAULT_RECIPE = "configs/recipes/tiny.yaml"
 
 
 def default_store() -> str:
     return os.environ.get("OVPIPE_STORE") or os.path.abspath("store")
-
-
-def step_module(step: str):
-    return importlib.import_module(MODULES.get(step, f"ovpipe.curation.{step}"))
-
-
-def make_context(recipe: str, store: str, run_id: str | None, overrides: list[str] | None = None,
-                 input_uri: str | None = None) -> Context:
-    extra = list(overrides or [])
-    if input_uri:
-        extra.append(f"data.input={input_uri}")
-    r = load_recipe(recipe, extra)
-    return Context(r, store, run_id or r.name)
-
-
-def run_step(ctx: Context, step: str, shards: str = "all", workers: int = 1, dataset: str = "mid") -> dict:
-    """Run every phase of a step and write its manifest (what `ovpipe <step>` does)."""
-    mod = step_module(step)
-    kw = {"dataset": dataset} if step in DATASET_STEPS else {}
-    if hasattr(mod, "process"):
-        mod.process(ctx, shards, workers, **kw)
-        return mod.finalize(ctx, **kw)
-    return mod.run(ctx)
 
 
 def container_environment(store: str, root: str) -> dict[str, str]:
@@ -68,9 +40,9 @@ def run_local(args, ctx: Context) -> None:
         if not storage.is_remote(ctx.store):
             raise ValueError("--runner docker: task containers reach the store the way pods do, so --store must "
                              "be s3://… (make run RUNNER=docker starts a SeaweedFS server for it)")
-        os.environ.setdefault("OVPIPE_IMAGE_REGISTRY", "localhost/ovpipe")  # images/build.sh's tags
-    local = importlib.import_module("pipelines.local")  # after the registry is set: components read it
-    steps = local.select_steps(args.first, args.last)
+        os.environ.setdefault(profile.ENV_FILE, "local")  # the profile of the images `make images` builds
+    local = importlib.import_module("pipelines.local")  # after the profile is set: components read it
+    chosen = local.select_steps(args.first, args.last)
     storage.ensure_bucket(ctx.store)
     root = os.path.join(os.path.abspath(".ovpipe") if storage.is_remote(ctx.store) else ctx.store,
                         ctx.run_id, "_kfp")
@@ -84,24 +56,18 @@ def run_local(args, ctx: Context) -> None:
     # kfp.local's cache, keyed on parameters, never serves results made with other settings.
     recipe = write_resolved_recipe(ctx)
     t0 = time.perf_counter()
-    local.run(recipe, ctx.store, ctx.run_id, "{}", steps, root, cache=not args.no_cache,
+    local.run(recipe, ctx.store, ctx.run_id, "{}", chosen, root, cache=not args.no_cache,
               runner=args.runner, environment=env)
-    print(f"\novpipe: {', '.join(steps)} finished in {time.perf_counter() - t0:.0f} s")
-    print(summary(ctx, steps))
+    print(f"\novpipe: {', '.join(chosen)} finished in {time.perf_counter() - t0:.0f} s")
+    print(summary(ctx, chosen))
     print(f"  outputs: {storage.join(ctx.store, ctx.run_id)}   (kfp task logs and artifacts: {root})")
-
-
-def step_folders(steps) -> list[str]:
-    """The run folders of `steps`: a dataset step once per dataset (pack, pack-stage1, pack-sft)."""
-    return [s if s not in DATASET_STEPS or d == "mid" else f"{s}-{d}"
-            for d in ("mid", "stage1", "sft") for s in steps if d == "mid" or s in DATASET_STEPS]
 
 
 def run_digests(args, ctx: Context) -> int:
     """`ovpipe digests`: the run's data-artifact digests (JSON), or with --against, how another run's differ."""
     from ovpipe import manifest
 
-    folders = step_folders(STEPS)
+    folders = steps.folders(DATA_STEPS)
     mine = manifest.data_digests(storage.join(ctx.store, ctx.run_id), folders)
     if not args.against:
         print(json.dumps(mine, indent=1))
@@ -114,11 +80,11 @@ def run_digests(args, ctx: Context) -> int:
     return 1 if diff or not mine else 0
 
 
-def summary(ctx: Context, steps) -> str:
+def summary(ctx: Context, names) -> str:
     """One line per finished step: counts, rejects by reason, manifest and plots."""
     lines = []
-    folders = step_folders(steps)
-    if "eval" in steps:
+    folders = steps.folders(names)
+    if "eval" in names:
         folders += ["eval-stage1", "eval-mid"]  # when eval.after_each_stage
     for step in folders:
         uri = ctx.uri(step, "manifest.json")
@@ -183,12 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
                               "configs/recipes/rehearsal.yaml), run the DAG, check and report what it showed")
     for p in (run, rehearse):
         _common(p)
-        p.add_argument("--from", dest="first", choices=DAG_STEPS, default=None, help="first step to run")
-        p.add_argument("--until", dest="last", choices=DAG_STEPS, default=None, help="last step to run")
+        p.add_argument("--from", dest="first", choices=steps.NAMES, default=None, help="first step to run")
+        p.add_argument("--until", dest="last", choices=steps.NAMES, default=None, help="last step to run")
         p.add_argument("--no-cache", action="store_true", help="disable kfp.local caching")
         p.add_argument("--runner", choices=("subprocess", "docker"), default="subprocess",
                        help="subprocess: each task a process of the installed package; docker: each task in its "
                             "component's image (DOCKER_HOST; make images builds them)")
+    kfp_cli.build_parser(sub)
     dig = sub.add_parser("digests", help="a run's data-artifact digests; --against RUN: do two runs hold the "
                          "same data (e.g. the docker and subprocess runners)")
     _common(dig)
@@ -203,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(ev)
     ev.add_argument("--checkpoint", default=None, help="export URI, 'latest' (the store's newest) or "
                     "'latest:<run id>' (default: latest:<this run id>)")
-    for step in STEPS:
+    for step in DATA_STEPS:
         p = sub.add_parser(step, help=f"run the {step} step")
         _common(p)
         p.add_argument("--shards", default="all", help="'all', 'N', 'A-B' or 'A,B' (per-shard steps)")
@@ -217,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "kfp":  # a KFP server's client: no recipe of this machine's run to read first
+        return kfp_cli.main(args)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -248,14 +217,14 @@ def main(argv: list[str] | None = None) -> int:
             run_eval(ctx, args.checkpoint)
             return 0
         if args.command == "vit":
-            body = run_step(ctx, "vit")
+            body = steps.run(ctx, "vit")
         else:
             workers = args.workers or ctx.recipe.data.workers
             kw = {"dataset": args.dataset} if args.command in DATASET_STEPS else {}
             if args.no_finalize:
-                step_module(args.command).process(ctx, args.shards, workers, **kw)
+                steps.module(args.command).process(ctx, args.shards, workers, **kw)
                 return 0
-            body = run_step(ctx, args.command, args.shards, workers, **kw)
+            body = steps.run(ctx, args.command, args.shards, workers, **kw)
     except (storage.StorageError, ValueError, RuntimeError, FileNotFoundError) as exc:
         if args.verbose or args.command == "train":  # a stage that fails after setup: where, for whoever debugs it
             import traceback

@@ -19,6 +19,8 @@ from typing import Any
 import yaml
 
 from ovpipe import storage
+from ovpipe.steps import CURATION
+from ovpipe.steps import STAGES as TRAIN_STAGES
 
 
 class ConfigError(ValueError):
@@ -222,17 +224,14 @@ class StageConfig:
 
 @dataclass
 class ClusterConfig:
-    """How a stage runs on Kubernetes: a Kubeflow Trainer v2 TrainJob (or a v1 PyTorchJob)."""
+    """A stage's job on Kubernetes: a Kubeflow Trainer v2 TrainJob (or a v1 PyTorchJob) of this shape. Its
+    image, namespace, placement and Secret names are the cluster profile's (ovpipe.profile)."""
     api: str = "trainjob"  # trainjob | pytorchjob
-    runtime: str = "ovpipe-torch"  # ClusterTrainingRuntime shipped in manifests/
-    image: str = "ghcr.io/ovpipe/ovpipe-gpu:0.1.0"  # images/gpu.Dockerfile (with the `train` extra)
-    namespace: str = "kubeflow"
+    runtime: str = "ovpipe-torch"  # ClusterTrainingRuntime shipped in manifests/ and the chart
     nodes: int = 1
     gpus_per_node: int = 8
     cpu: str = "32"
     memory: str = "512Gi"
-    s3_secret: str = "ovpipe-s3"  # AWS_* and OVPIPE_S3_ENDPOINT, by reference
-    mlflow_secret: str = "ovpipe-mlflow"  # MLFLOW_TRACKING_URI (and credentials), by reference
     timeout_s: int = 7 * 24 * 3600
     poll_s: int = 30
 
@@ -322,9 +321,6 @@ class Recipe:
         return storage.sha256_bytes(json.dumps(settings, sort_keys=True).encode())
 
 
-CURATION = ("synth", "embed", "concepts", "balance", "caption", "filter")
-
-
 def step_settings(step: str) -> tuple[str, ...]:
     """The recipe settings (dotted paths) a step's outputs depend on, besides seed and data."""
     if step in CURATION:  # each curation step depends on its own section and every earlier one
@@ -341,7 +337,6 @@ def step_settings(step: str) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(Recipe) if f.name not in ("source", "name"))
 
 
-TRAIN_STAGES = ("stage1", "mid", "sft")
 CHOICES = {
     "data.format": {"auto", "webdataset", "parquet"},
     "embed.device": {"auto", "cpu", "cuda"},

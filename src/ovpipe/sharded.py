@@ -18,7 +18,7 @@ from typing import Callable
 import pyarrow as pa
 
 from ovpipe import manifest, storage
-from ovpipe.config import Recipe
+from ovpipe.config import Recipe, load_recipe
 from ovpipe.data import tables
 
 log = logging.getLogger("ovpipe")
@@ -35,6 +35,16 @@ class Context:
 
     def uri(self, step: str, *parts: str) -> str:
         return storage.join(self.store, self.run_id, step, *parts)
+
+
+def make_context(recipe: str, store: str, run_id: str | None, overrides: list[str] | None = None,
+                 input_uri: str | None = None) -> Context:
+    """The recipe read and checked (overrides and an input URI applied), in a run of a store."""
+    extra = list(overrides or [])
+    if input_uri:
+        extra.append(f"data.input={input_uri}")
+    r = load_recipe(recipe, extra)
+    return Context(r, store, run_id or r.name)
 
 
 @dataclass

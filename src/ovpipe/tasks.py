@@ -9,11 +9,11 @@ import json
 import logging
 import os
 
-from ovpipe import sharded
-from ovpipe.cli import DATASET_STEPS, make_context, step_module
+from ovpipe import sharded, steps
 from ovpipe.data import source
 from ovpipe.runtime import on_kubernetes
-from ovpipe.sharded import Context
+from ovpipe.sharded import Context, make_context
+from ovpipe.steps import DATASET_STEPS
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -32,7 +32,7 @@ def synth(recipe: str, store: str, run_id: str, overrides: str, dataset: str = "
     given = ctx.recipe.data.input if dataset == "mid" else getattr(ctx.recipe.packing, dataset).input
     if given:
         return None
-    mod = step_module("synth")
+    mod = steps.module("synth")
     mod.process(ctx, dataset=dataset)
     return mod.finalize(ctx, dataset=dataset)
 
@@ -55,7 +55,7 @@ def plan(recipe: str, store: str, run_id: str, overrides: str, step: str = "embe
 
 def process(step: str, recipe: str, store: str, run_id: str, overrides: str, shards: str, **kw) -> str:
     ctx = context(recipe, store, run_id, overrides)
-    step_module(step).process(ctx, shards, 1, **kw)
+    steps.module(step).process(ctx, shards, 1, **kw)
     return shards
 
 
@@ -74,7 +74,7 @@ def filter_dedup(recipe: str, store: str, run_id: str, overrides: str) -> str:
 def finalize(step: str, recipe: str, store: str, run_id: str, overrides: str, dataset: str = "mid") -> dict:
     """Collect a step's shards into its manifest (global steps run whole here)."""
     ctx = context(recipe, store, run_id, overrides)
-    mod = step_module(step)
+    mod = steps.module(step)
     if not hasattr(mod, "finalize"):
         return mod.run(ctx)
     return mod.finalize(ctx, dataset=dataset) if step in DATASET_STEPS else mod.finalize(ctx)
@@ -192,6 +192,13 @@ def evaluate(recipe: str, store: str, run_id: str, overrides: str, checkpoint: s
     from ovpipe.evaluate.step import run
 
     return run(context(recipe, store, run_id, overrides), checkpoint or None)
+
+
+def eval_wanted(recipe: str, store: str, run_id: str, overrides: str, checkpoint: str) -> bool:
+    """Does the recipe evaluate this export? (the pipeline schedules no GPU task for one it skips)"""
+    from ovpipe.evaluate.step import wanted
+
+    return wanted(context(recipe, store, run_id, overrides).recipe, checkpoint)
 
 
 def publish_scores(body: dict, metrics, markdown_path: str) -> None:

@@ -122,6 +122,12 @@ def _mlflow_log(ctx: Context, stage: str, run_id: str, scores: dict, store: str)
     return mlflow_run
 
 
+def wanted(recipe, checkpoint: str | None) -> bool:
+    """False for an earlier stage's export ("stage:stage1" / "stage:mid") unless eval.after_each_stage."""
+    early = bool(checkpoint) and checkpoint.startswith("stage:") and checkpoint != "stage:sft"
+    return not early or recipe.eval.after_each_stage
+
+
 def run(ctx: Context, checkpoint: str | None = None, log=print) -> dict | None:
     """Evaluate; None when `checkpoint` is an earlier stage ("stage:stage1"/"stage:mid") and the recipe
     does not ask for eval.after_each_stage."""
@@ -129,7 +135,7 @@ def run(ctx: Context, checkpoint: str | None = None, log=print) -> dict | None:
 
     t_start = time.perf_counter()
     cfg = ctx.recipe.eval
-    if checkpoint and checkpoint.startswith("stage:") and checkpoint != "stage:sft" and not cfg.after_each_stage:
+    if not wanted(ctx.recipe, checkpoint):
         log(f"eval of {checkpoint}: skipped (eval.after_each_stage is false)")
         return None
     target = exports.resolve(checkpoint or f"latest:{ctx.run_id}", ctx.store, ctx.run_id)

@@ -2,12 +2,12 @@
 check and per-rank memory and step time; the checks that fail the rehearsal; saved as {run}/rehearsal.json."""
 from __future__ import annotations
 
-from ovpipe import storage
-from ovpipe.config import TRAIN_STAGES
+from ovpipe import steps, storage
 from ovpipe.sharded import Context
 
-CURATION_AND_PACKING = ("embed", "concepts", "balance", "caption", "filter", "lengths", "pack", "lengths-stage1",
-                        "pack-stage1", "lengths-sft", "pack-sft")
+# the rehearsal's corpora are given as inputs: no synth step
+CURATION_AND_PACKING = steps.folders(s.name for s in steps.TABLE
+                                     if s.family in ("curation", "packing") and s.name != "synth")
 
 
 class RehearsalFailed(RuntimeError):
@@ -33,7 +33,7 @@ def build(ctx: Context, seconds: float) -> dict:
         out["steps"][step] = {"in": c["in"], "out": c["out"], "rejected": c["rejected"]}
         if c["out"] == 0:
             problems.append(f"{step}: nothing came out ({c['in']} in)")
-    for stage in TRAIN_STAGES:
+    for stage in steps.STAGES:
         if (body := _manifest(ctx, stage, problems)) is None:
             continue
         m = body["metrics"]

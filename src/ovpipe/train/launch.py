@@ -16,8 +16,10 @@ It names no topology because torchrun reads each launch option it is not given f
   pkg/controller.v1/pytorch/envvar.go and master.go).
 So there is no shell wrapper and no master/worker variant, and locally the same command runs one node.
 
-Secrets travel by reference (secretKeyRef, envFrom), never by value. This module imports no kfp; the
-kubernetes client is imported only by `submit_and_wait`.
+Where pods run, their image and the Secret / ConfigMap names come from the cluster profile
+(ovpipe.profile); the job's shape (nodes, GPUs, memory) from the recipe. Secrets travel by reference
+(secretKeyRef), never by value. This module imports no kfp; the kubernetes client is imported only by
+`submit_and_wait`.
 """
 from __future__ import annotations
 
@@ -26,16 +28,15 @@ import hashlib
 import re
 import sys
 import time
-from pathlib import Path
 from typing import Callable
 
 import yaml
 
-from ovpipe.config import TRAIN_STAGES as STAGES
+from ovpipe import profile as profiles
 from ovpipe.config import ClusterConfig, Recipe, load_recipe
-from ovpipe.storage import S3_ENV
+from ovpipe.profile import Profile
+from ovpipe.steps import STAGES
 from ovpipe.train.layout import check_layout
-from ovpipe.train.tracking import MLFLOW_ENV
 
 TRAINER_API = "trainer.kubeflow.org/v1alpha1"
 PYTORCH_API = "kubeflow.org/v1"
@@ -44,7 +45,6 @@ SUCCEEDED = {"TrainJob": "Complete", "PyTorchJob": "Succeeded"}  # condition typ
 POD_LABEL = {"TrainJob": "jobset.sigs.k8s.io/jobset-name", "PyTorchJob": "training.kubeflow.org/job-name"}
 CONTAINER = {"TrainJob": "node", "PyTorchJob": "pytorch"}  # the names each operator looks for
 PYTORCH_PORT = {"name": "pytorchjob-port", "containerPort": 23456}  # the Training Operator's defaults
-GPU = "nvidia.com/gpu"
 RESTARTS = 3  # restarts of a whole stage (all its nodes) before it counts as failed
 LOG_LINES, LOG_PODS = 50, 4  # log tail in a failure message: lines per pod, pods (failed ones first)
 RUNTIME_FILE = "clustertrainingruntime.yaml"
@@ -76,39 +76,42 @@ def train_command(stage: str, *, run_id: str, store: str, recipe_uri: str) -> li
             "--store", store, "--run-id", run_id]
 
 
-def build_trainjob(recipe: Recipe, stage: str, *, run_id: str, store: str, recipe_uri: str) -> dict:
-    """A Trainer v2 TrainJob on the `cluster.runtime` ClusterTrainingRuntime (which adds /dev/shm,
-    tolerations and the restart policy: see `cluster_training_runtime`)."""
-    c = recipe.train.cluster
+def build_trainjob(recipe: Recipe, stage: str, *, run_id: str, store: str, recipe_uri: str,
+                   profile: Profile | None = None) -> dict:
+    """A Trainer v2 TrainJob on the `cluster.runtime` ClusterTrainingRuntime (which adds /dev/shm, the
+    placement and the restart policy: see `cluster_training_runtime`)."""
+    c, profile = recipe.train.cluster, profile or profiles.from_environment()
     return {
         "apiVersion": TRAINER_API,
         "kind": "TrainJob",
-        "metadata": _metadata(job_name(run_id, stage), c, stage, run_id, store, recipe_uri),
+        "metadata": _metadata(job_name(run_id, stage), profile.namespace, stage, run_id, store, recipe_uri),
         "spec": {
             "runtimeRef": {"name": c.runtime, "kind": "ClusterTrainingRuntime", "apiGroup": "trainer.kubeflow.org"},
             "activeDeadlineSeconds": c.timeout_s,
             "trainer": {
-                "image": c.image,
+                "image": profile.image("gpu"),
                 "command": train_command(stage, run_id=run_id, store=store, recipe_uri=recipe_uri),
                 "numNodes": c.nodes,
                 "numProcPerNode": c.gpus_per_node,  # an int32 >= 1 in the v1alpha1 CRD
-                "resourcesPerNode": _resources(c),
-                "env": _env(c),
+                "resourcesPerNode": _resources(c, profile),
+                "env": _env(profile),
             },
         },
     }
 
 
-def build_pytorchjob(recipe: Recipe, stage: str, *, run_id: str, store: str, recipe_uri: str) -> dict:
+def build_pytorchjob(recipe: Recipe, stage: str, *, run_id: str, store: str, recipe_uri: str,
+                     profile: Profile | None = None) -> dict:
     """A v1 PyTorchJob: Master (node 0) plus nodes-1 Workers, all with the same pod template."""
-    c = recipe.train.cluster
-    meta = _metadata(job_name(run_id, stage), c, stage, run_id, store, recipe_uri)
+    c, profile = recipe.train.cluster, profile or profiles.from_environment()
+    meta = _metadata(job_name(run_id, stage), profile.namespace, stage, run_id, store, recipe_uri)
     command = train_command(stage, run_id=run_id, store=store, recipe_uri=recipe_uri)
 
     def replica(count: int) -> dict:  # a fresh dict per replica type: YAML then has no anchors
-        container = {"name": CONTAINER["PyTorchJob"], "image": c.image, "command": command, "env": _env(c),
-                     "ports": [dict(PYTORCH_PORT)], "resources": _resources(c), "volumeMounts": [_shm_mount()]}
-        pod = {"containers": [container], "volumes": [_shm_volume()], "tolerations": [_gpu_toleration()]}
+        container = {"name": CONTAINER["PyTorchJob"], "image": profile.image("gpu"), "command": command,
+                     "env": _env(profile), "ports": [dict(PYTORCH_PORT)], "resources": _resources(c, profile),
+                     "volumeMounts": [_shm_mount()], "securityContext": _security()}
+        pod = {"containers": [container], **_pod_placement(profile)}
         return {"replicas": count, "restartPolicy": "OnFailure",
                 "template": {"metadata": {"labels": dict(meta["labels"])}, "spec": pod}}
 
@@ -128,9 +131,11 @@ def build_pytorchjob(recipe: Recipe, stage: str, *, run_id: str, store: str, rec
     }
 
 
-def build_job(recipe: Recipe, stage: str, **kw) -> dict:
-    """The job `recipe.train.cluster.api` asks for: build_trainjob or build_pytorchjob. A layout that
-    cannot fit nodes × gpus_per_node fails here, not minutes later in every pod."""
+def build_job(recipe: Recipe, stage: str, profile: Profile | None = None, **kw) -> dict:
+    """The job `recipe.train.cluster.api` asks for: build_trainjob or build_pytorchjob, placed by the
+    cluster profile (default: the one this task was compiled with, profiles.from_environment). A layout
+    that cannot fit nodes × gpus_per_node fails here, not minutes later in every pod."""
+    kw["profile"] = profile
     c = recipe.train.cluster
     try:
         check_layout(recipe.train, c.nodes * c.gpus_per_node)
@@ -144,14 +149,16 @@ def build_job(recipe: Recipe, stage: str, **kw) -> dict:
     raise ValueError(f"train.cluster.api: {api!r} is not one of ['pytorchjob', 'trainjob']")
 
 
-def cluster_training_runtime(image: str = _DEFAULTS.image, name: str = _DEFAULTS.runtime) -> dict:
-    """The ClusterTrainingRuntime our TrainJobs reference (manifests/clustertrainingruntime.yaml)."""
+def cluster_training_runtime(profile: Profile | None = None, name: str = _DEFAULTS.runtime) -> dict:
+    """The ClusterTrainingRuntime our TrainJobs reference, for a cluster profile (default: the default
+    profile): manifests/clustertrainingruntime.yaml and the chart's template render this object."""
+    profile = profile or Profile()
     node = {
         "name": CONTAINER["TrainJob"],  # the torch plugin injects PET_* into the container named `node`
-        "image": image,  # TrainJobs set their own image, command and resources
-        "envFrom": [{"secretRef": {"name": _DEFAULTS.s3_secret}},
-                    {"secretRef": {"name": _DEFAULTS.mlflow_secret, "optional": True}}],
+        "image": profile.image("gpu"),  # TrainJobs set their own image, command and resources
+        "env": _env(profile),
         "volumeMounts": [_shm_mount()],
+        "securityContext": _security(),
     }
     return {
         "apiVersion": TRAINER_API,
@@ -173,8 +180,7 @@ def cluster_training_runtime(image: str = _DEFAULTS.image, name: str = _DEFAULTS
                         "spec": {"backoffLimit": 0, "template": {"spec": {
                             "restartPolicy": "Never",
                             "containers": [node],
-                            "volumes": [_shm_volume()],
-                            "tolerations": [_gpu_toleration()],
+                            **_pod_placement(profile),
                         }}},
                     },
                 }],
@@ -246,12 +252,6 @@ def to_yaml(obj: dict) -> str:
     return yaml.dump(obj, Dumper=_NoAliasDumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
-def runtime_manifest(image: str = _DEFAULTS.image) -> str:
-    """The text of manifests/clustertrainingruntime.yaml."""
-    return ("# Generated from ovpipe.train.launch.cluster_training_runtime(); do not edit.\n"
-            "# Regenerate: python -m ovpipe.train.launch manifests\n" + to_yaml(cluster_training_runtime(image)))
-
-
 # ---------------------------------------------------------------- helpers
 
 
@@ -265,45 +265,54 @@ def _check_stage(stage: str) -> None:
         raise ValueError(f"stage {stage!r} is not one of {list(STAGES)}")
 
 
-def _metadata(name: str, c: ClusterConfig, stage: str, run_id: str, store: str, recipe_uri: str) -> dict:
+def _metadata(name: str, namespace: str, stage: str, run_id: str, store: str, recipe_uri: str) -> dict:
     # Label values allow 63 of [A-Za-z0-9_.-]; the exact run id is in an annotation.
     run_label = re.sub(r"[^A-Za-z0-9_.-]+", "-", run_id)[:63].strip("-_.")
     return {
         "name": name,
-        "namespace": c.namespace,
+        "namespace": namespace,
         "labels": {"app.kubernetes.io/part-of": "ovpipe", "ovpipe/run-id": run_label, "ovpipe/stage": stage},
         "annotations": {"ovpipe/run-id": run_id, "ovpipe/store": store, "ovpipe/recipe": recipe_uri},
     }
 
 
-def _env(c: ClusterConfig) -> list[dict]:
-    """Unbuffered output (the log tail of a crash is complete) and the recipe's secrets, by reference.
-    No PET_* here: the operators own those."""
-    def secret(key: str, name: str, optional: bool) -> dict:
-        ref = {"name": name, "key": key} | ({"optional": True} if optional else {})
-        return {"name": key, "valueFrom": {"secretKeyRef": ref}}
-
-    return ([{"name": "PYTHONUNBUFFERED", "value": "1"}]
-            + [secret(k, c.s3_secret, False) for k in S3_ENV]
-            + [secret(k, c.mlflow_secret, True) for k in MLFLOW_ENV])  # missing: the step says so (tracking)
+def _env(profile: Profile) -> list[dict]:
+    """Unbuffered output (the log tail of a crash is complete), then what every KFP task gets too: the
+    object store's credentials and the published settings, by reference. No PET_*: the operators own those."""
+    return [{"name": "PYTHONUNBUFFERED", "value": "1"}, *profiles.pod_env(profile)]
 
 
-def _resources(c: ClusterConfig) -> dict:
+def _resources(c: ClusterConfig, profile: Profile) -> dict:
     # No CPU limit: a throttled data loader would starve the GPUs; memory and GPUs are capped.
-    return {"requests": {"cpu": c.cpu, "memory": c.memory, GPU: c.gpus_per_node},
-            "limits": {"memory": c.memory, GPU: c.gpus_per_node}}
+    gpu = profile.gpu.resource
+    return {"requests": {"cpu": c.cpu, "memory": c.memory, gpu: c.gpus_per_node},
+            "limits": {"memory": c.memory, gpu: c.gpus_per_node}}
 
 
-def _shm_volume() -> dict:  # NCCL and DataLoader workers need more than the runtime's 64 MB /dev/shm
-    return {"name": "dshm", "emptyDir": {"medium": "Memory"}}
+def _security() -> dict:
+    """The images run as uid 1000 and need no privilege (GPUs come through the device plugin). The root
+    filesystem stays writable: caches and the checkpoint scratch live under /tmp."""
+    return {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
 def _shm_mount() -> dict:
     return {"name": "dshm", "mountPath": "/dev/shm"}
 
 
-def _gpu_toleration() -> dict:
-    return {"key": GPU, "operator": "Exists", "effect": "NoSchedule"}
+def _pod_placement(profile: Profile) -> dict:
+    """A training node's volumes, node selector, tolerations and pull secrets (profile.placement.train)."""
+    place = profile.placement["train"]
+    selector = profiles.node_selector(profile, "train")
+    # NCCL and DataLoader workers need more than the runtime's 64 MB /dev/shm
+    pod: dict = {"volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": profile.shm_size}}]}
+    if selector:
+        pod["nodeSelector"] = selector
+    if place.tolerations:
+        pod["tolerations"] = [dict(t) for t in place.tolerations]
+    if profile.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": n} for n in profile.image_pull_secrets]
+    return pod
 
 
 def _default_api_client():
@@ -379,10 +388,8 @@ def _failure(headline: str, core_api, kind: str, name: str, namespace: str) -> s
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ovpipe.train.launch",
-                                     description="Write the ClusterTrainingRuntime manifest, or print a stage's job.")
+                                     description="Print the job a training stage would submit.")
     sub = parser.add_subparsers(dest="command", required=True)
-    m = sub.add_parser("manifests", help=f"regenerate {RUNTIME_FILE} in the kustomize base")
-    m.add_argument("--out", default="manifests", help="kustomize base folder (default: %(default)s)")
     r = sub.add_parser("render", help="print the job a training stage would submit, as YAML")
     r.add_argument("--recipe", required=True, help="recipe path or URI")
     r.add_argument("--stage", required=True, choices=STAGES)
@@ -390,14 +397,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--store", required=True, help="store URI the pods read and write")
     r.add_argument("--recipe-uri", default=None, help="recipe URI the pods read (default: --recipe)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
+    r.add_argument("--profile", default=profiles.DEFAULT, help="cluster profile (default: %(default)s)")
     args = parser.parse_args(argv)
-    if args.command == "manifests":
-        path = Path(args.out) / RUNTIME_FILE
-        path.write_text(runtime_manifest())
-        print(path)
-        return 0
     recipe = load_recipe(args.recipe, args.set)
-    job = build_job(recipe, args.stage, run_id=args.run_id, store=args.store,
+    job = build_job(recipe, args.stage, profiles.load(args.profile), run_id=args.run_id, store=args.store,
                     recipe_uri=args.recipe_uri or args.recipe)
     sys.stdout.write(to_yaml(job))
     return 0

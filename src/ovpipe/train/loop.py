@@ -22,12 +22,12 @@ import torch
 import torch.distributed as dist
 
 from ovpipe import manifest, storage
-from ovpipe.config import TRAIN_STAGES as STAGES
 from ovpipe.config import Recipe
 from ovpipe.models import cpu_compat, llm
 from ovpipe.models.vlm import build_model, set_trainable
 from ovpipe.packing.datasets import step_name
 from ovpipe.sharded import Context
+from ovpipe.steps import STAGES
 from ovpipe.train import checkpoint
 from ovpipe.train.data import StageData
 from ovpipe.train.layout import check_layout

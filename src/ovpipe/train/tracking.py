@@ -16,7 +16,8 @@ from ovpipe import storage
 from ovpipe.runtime import on_kubernetes
 
 EXPERIMENT = "ovpipe"
-# Keys of the MLflow Secret (train.cluster.mlflow_secret), each set as the variable of its name.
+# The variables a step reads: the URI from the ConfigMap the chart publishes, credentials from the
+# profile's mlflow_secret (ovpipe.profile.env_refs).
 MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
@@ -28,9 +29,9 @@ def tracking_uri(store: str) -> str:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     if on_kubernetes():
-        raise TrackingError("MLFLOW_TRACKING_URI is not set in this pod: create the Secret named by "
-                            "train.cluster.mlflow_secret (key MLFLOW_TRACKING_URI, e.g. http://mlflow.<ns>:5000) in "
-                            "the namespace of the run, or set MLFLOW_TRACKING_URI=file:/path to log into the pod")
+        raise TrackingError("MLFLOW_TRACKING_URI is not set in this pod: install the chart (charts/ovpipe publishes "
+                            "it in the ConfigMap the cluster profile names, config_map, key MLFLOW_TRACKING_URI, e.g. "
+                            "http://ovpipe-mlflow.<ns>:5000) in the namespace of the run")
     base = "mlruns" if storage.is_remote(store) else os.path.join(store, "mlruns")
     return "file:" + os.path.abspath(base)
 
