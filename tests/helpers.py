@@ -64,3 +64,17 @@ def synth_meta(ctx: Context) -> dict[str, dict]:
 
 def dump(obj) -> str:
     return json.dumps(obj, indent=1, sort_keys=True)
+
+
+def tool(name: str) -> str:
+    """A checker from `make tools` (.tools/bin) or the PATH; the test is skipped, saying so, without it."""
+    import shutil
+
+    import pytest
+
+    found = os.path.join(ROOT, ".tools", "bin", name)
+    if not os.access(found, os.X_OK):
+        found = shutil.which(name) or ""
+    if not found:
+        pytest.skip(f"{name} not installed: make tools")
+    return found

@@ -4,8 +4,6 @@ renders are the ones ovpipe.deploy builds from the cluster profile (chart and ku
 trivy finds nothing beyond the documented skip list. The tools come from `make tools` (.tools/bin)."""
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -14,21 +12,13 @@ import yaml
 
 from ovpipe import deploy
 from ovpipe import profile as profiles
+from tests.helpers import tool
 from tests.test_launch import schema_errors
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "ovpipe"
 GPU_VALUES = CHART / "values-h100-pool.yaml"
 CASES = {"default": ("kubeflow", []), "h100-pool": ("ml-research", ["-f", str(GPU_VALUES)])}
-
-
-def tool(name: str) -> str:
-    found = str(ROOT / ".tools" / "bin" / name)
-    if not os.access(found, os.X_OK):
-        found = shutil.which(name) or ""
-    if not found:
-        pytest.skip(f"{name} not installed: make tools")
-    return found
 
 
 def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -57,7 +47,7 @@ def test_helm_lint_strict(profile):
 def test_the_rendering_validates(profile, tmp_path):
     namespace, values = CASES[profile]
     text = helm("template", "ovpipe", str(CHART), "-n", namespace, *values).stdout
-    validate = Path(os.path.dirname(os.path.realpath(__file__))).parent / ".venv" / "bin" / "kubernetes-validate"
+    validate = ROOT / ".venv" / "bin" / "kubernetes-validate"
     cmd = [str(validate) if validate.exists() else "kubernetes-validate", "--strict", "-k", "1.33.0", "-"]
     res = subprocess.run(cmd, input=text, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr

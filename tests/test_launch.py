@@ -7,7 +7,6 @@ import difflib
 import functools
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,6 +20,7 @@ from ovpipe import deploy
 from ovpipe import profile as profiles
 from ovpipe.config import ClusterConfig, load_recipe
 from ovpipe.train import launch
+from tests.helpers import tool
 
 ROOT = Path(__file__).resolve().parents[1]
 CRDS = Path(__file__).resolve().parents[2] / "shared" / "crds"  # ../shared/crds beside the repo
@@ -342,16 +342,9 @@ def test_the_role_allows_exactly_what_the_launcher_calls(recipe):
     assert used == allowed, f"called but not allowed: {used - allowed}; allowed but never called: {allowed - used}"
 
 
-def kubectl() -> str:
-    found = shutil.which("kubectl") or str(ROOT / ".tools" / "bin" / "kubectl")
-    if not os.access(found, os.X_OK):
-        pytest.skip("kubectl not installed: make tools")
-    return found
-
-
 @pytest.mark.parametrize("folder, name", [("base", "default"), ("overlays/h100-pool", "h100-pool")])
 def test_kustomize_renders_each_profile(folder, name):
-    res = subprocess.run([kubectl(), "kustomize", str(MANIFESTS / folder)], capture_output=True, text=True,
+    res = subprocess.run([tool("kubectl"), "kustomize", str(MANIFESTS / folder)], capture_output=True, text=True,
                          timeout=60)
     assert res.returncode == 0, res.stderr
     docs = sorted((d for d in yaml.safe_load_all(res.stdout) if d), key=lambda d: d["kind"])

@@ -166,8 +166,8 @@ def _check(p: Profile, problems: list[str]) -> None:
             problems.append(f"placement.{fam}: unknown family (known: {', '.join(PLACEMENTS)})")
         for i, t in enumerate(place.tolerations):
             where = f"placement.{fam}.tolerations[{i}]"
-            if set(t) - {"key", "operator", "value", "effect", "tolerationSeconds"}:
-                problems.append(f"{where}: unknown keys {sorted(set(t) - {'key', 'operator', 'value', 'effect'})}")
+            if unknown := sorted(set(t) - {"key", "operator", "value", "effect", "tolerationSeconds"}):
+                problems.append(f"{where}: unknown keys {unknown}")
             if t.get("operator", "Equal") not in ("Equal", "Exists"):
                 problems.append(f"{where}.operator: {t.get('operator')!r} is not Equal or Exists")
             if t.get("effect") not in (None, "NoSchedule", "PreferNoSchedule", "NoExecute"):

@@ -48,7 +48,7 @@ BY_NAME = {s.name: s for s in TABLE}
 NAMES = tuple(s.name for s in TABLE)  # the DAG's order: what `ovpipe run --from/--until` can name
 CURATION = tuple(s.name for s in TABLE if s.family == "curation")
 STAGES = tuple(s.name for s in TABLE if s.kind == "stage")
-DATA_STEPS = tuple(s.name for s in TABLE if s.kind in ("sharded", "global") and s.name != "vit")  # `ovpipe <step>`
+DATA_STEPS = tuple(s.name for s in TABLE if s.family in ("curation", "packing"))  # each an `ovpipe <step>`
 DATASET_STEPS = tuple(s.name for s in TABLE if s.per_dataset)
 
 
