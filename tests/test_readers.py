@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import tarfile
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -63,11 +64,32 @@ def test_parquet_with_image_bytes(tmp_path, hf_struct):
     assert samples[3].image == images[3] and samples[3].caption_text() == "caption 3"
 
 
-def test_parquet_missing_column_is_a_clear_error(tmp_path):
-    pq.write_table(pa.table({"id": ["a"], "img": [b"x"]}), tmp_path / "x.parquet")
+def test_parquet_missing_column_is_a_counted_reject_and_a_shard_error(tmp_path):
+    pq.write_table(pa.table({"id": ["a", "b"], "img": [b"x", b"y"]}), tmp_path / "x.parquet")
     report = ShardReport("x")
-    with pytest.raises(Exception, match="image"):
-        list(iter_samples(str(tmp_path / "x.parquet"), report))
+    samples = list(iter_samples(str(tmp_path / "x.parquet"), report))
+    assert [(s.key, s.error[0]) for s in samples] == [("a", "missing_image"), ("b", "missing_image")]
+    assert "no 'image' column" in samples[0].error[1]
+    assert "lacks columns ['image']" in report.errors[0]["error"] and "data.image_column" in report.errors[0]["error"]
+
+
+def test_duplicate_keys_are_rejects_not_overwrites(tmp_path):
+    """A key twice in a tar (apart, or a member repeated inside a group) and an id twice in parquet:
+    the first occurrence is the sample, the others are `duplicate_key` rejects."""
+    path = tmp_path / "d.tar"
+    with tarfile.open(path, "w") as tar:
+        for name, data in (("a.jpg", b"1"), ("a.txt", b"t"), ("b.jpg", b"2"), ("b.jpg", b"3"), ("c.jpg", b"4"),
+                           ("a.jpg", b"5")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    got = [(s.key, s.error[0] if s.error else s.image) for s in iter_samples(str(path), ShardReport("d"))]
+    assert got == [("a", b"1"), ("b", "duplicate_key"), ("c", b"4"), ("a", "duplicate_key")]
+    pq.write_table(pa.table({"id": ["x", "y", "x"], "image": [b"\xff\xd8\xff1", b"\xff\xd8\xff2", b"\xff\xd8\xff3"]}),
+                   tmp_path / "d.parquet")
+    got = [(s.key, s.error[0] if s.error else s.image)
+           for s in iter_samples(str(tmp_path / "d.parquet"), ShardReport("p"))]
+    assert got == [("x", b"\xff\xd8\xff1"), ("y", b"\xff\xd8\xff2"), ("x", "duplicate_key")]
 
 
 def test_external_input_with_a_cut_shard_balances(tmp_path):

@@ -392,17 +392,38 @@ def test_unreachable_endpoint_is_retried_then_reported(s3_root, monkeypatch, sle
     assert len(sleeps) >= 2  # ours (RETRIES=2), plus botocore's own
 
 
-def test_truncated_stream_is_an_error(s3_root, monkeypatch):
-    """A body shorter than its Content-Length must fail, not hash or parse a partial object."""
+class _Flaky:
+    """An S3 client whose bodies break off after `chunk` bytes (their Content-Length promises more);
+    ranged GETs are honoured, as a server does. chunk=0: every body is empty."""
+
+    def __init__(self, data: bytes, chunk: int):
+        self.data, self.chunk, self.ranges = data, chunk, []
+
+    def get_object(self, Bucket, Key, Range=None, IfMatch=None):
+        start = int(Range[len("bytes="):].split("-")[0]) if Range else 0
+        self.ranges.append(start)
+        rest = self.data[start:]
+        return {"Body": StreamingBody(io.BytesIO(rest[:self.chunk]), len(rest)), "ContentLength": len(rest),
+                "ETag": '"e1"'}
+
+
+def test_broken_stream_resumes_from_its_offset(s3_root, monkeypatch):
+    """A body that breaks off is asked for again from where it stopped: the bytes are whole and right."""
+    data = bytes(range(256)) * 40
+    flaky = _Flaky(data, chunk=1000)
+    monkeypatch.setattr(storage, "s3_client", lambda: flaky)
+    monkeypatch.setattr(storage.time, "sleep", lambda s: None)
     uri = storage.join(s3_root, "t.bin")
+    assert storage.read_bytes(uri) == data
+    assert flaky.ranges == list(range(0, len(data), 1000))  # each resume starts at the next byte
 
-    class Short:
-        def get_object(self, **kw):
-            return {"Body": StreamingBody(io.BytesIO(b"only part"), 100)}
 
-    monkeypatch.setattr(storage, "s3_client", lambda: Short())
-    with pytest.raises(storage.StorageError, match="t.bin"):
-        storage.sha256_uri(uri)
+def test_stream_that_keeps_failing_is_an_error(s3_root, monkeypatch):
+    """A body shorter than its Content-Length, again and again, must fail, not hash a partial object."""
+    monkeypatch.setattr(storage, "s3_client", lambda: _Flaky(b"x" * 100, chunk=0))
+    monkeypatch.setattr(storage.time, "sleep", lambda s: None)
+    with pytest.raises(storage.StorageError, match="t.bin.*stream failed at byte 0 of 100"):
+        storage.sha256_uri(storage.join(s3_root, "t.bin"))
 
 
 # ---------------------------------------------------------------- the local S3 server itself

@@ -5,7 +5,7 @@ import functools
 import os
 import subprocess
 
-from ovpipe import __version__, storage
+from ovpipe import __version__, faults, storage
 
 KEYS = ("step", "run_id", "config", "code_version", "inputs", "outputs", "counts", "wall_seconds")
 
@@ -60,6 +60,7 @@ def write(uri: str, manifest: dict) -> str:
     missing = [k for k in KEYS if k not in manifest]
     if missing:
         raise ValueError(f"manifest for {uri} lacks keys {missing}")
+    faults.point("before_manifest", manifest["step"])
     return storage.sha256_bytes(storage.write_json(uri, manifest))
 
 

@@ -17,7 +17,7 @@ from typing import Callable
 
 import pyarrow as pa
 
-from ovpipe import manifest, storage
+from ovpipe import faults, locks, manifest, storage
 from ovpipe.config import Recipe, load_recipe
 from ovpipe.data import tables
 
@@ -122,12 +122,18 @@ def _already_committed(ctx: Context, step: str, marker: str) -> bool:
 
 
 def once(ctx: Context, step: str, name: str, build: Callable[[], object]) -> None:
-    """Run a global piece of a step (an index, a dedup table) unless already committed."""
+    """Run a global piece of a step (an index, a dedup table) unless already committed. Several tasks
+    may reach it at once (the three lengths tasks and the tokenizer): one builds under a lock in the
+    store, the others wait for it and find the marker."""
     marker = ctx.uri(step, "_parts", f"{name}.json")
     if _already_committed(ctx, step, marker):
         return
-    build()
-    storage.write_json(marker, {"config_digest": ctx.recipe.digest(step)})
+    with locks.held(ctx.uri(step, "_parts", f"{name}.lock")):
+        if _already_committed(ctx, step, marker):  # built while this task waited
+            return
+        build()
+        faults.point("before_marker", step)
+        storage.write_json(marker, {"config_digest": ctx.recipe.digest(step), "code_version": manifest.code_version()})
 
 
 def _run_one(args) -> None:
@@ -141,8 +147,9 @@ def _run_one(args) -> None:
     counts = manifest.counts(res.n_in, res.n_out, count_reasons(res.rejects))
     if res.rejects:
         tables.write_parquet(marker.replace(".json", ".rejects.parquet"), rejects_table(res.rejects, index))
+    faults.point("before_marker", step)
     storage.write_json(marker, {"shard": index, "config_digest": ctx.recipe.digest(step), "counts": counts,
-                                "outputs": res.outputs, "stats": res.stats,
+                                "code_version": manifest.code_version(), "outputs": res.outputs, "stats": res.stats,
                                 "seconds": round(time.perf_counter() - t0, 3)})
     log.info("%s/%s %s: in=%d out=%d rejected=%s", step, phase, shard_name(index), res.n_in, res.n_out,
              counts["rejected"])
@@ -171,6 +178,18 @@ def committed(ctx: Context, step: str, phase: str, n_shards: int) -> list[dict]:
         raise RuntimeError(f"{step}/{phase}: shards {missing} of {n_shards} are not committed; "
                            f"run them first (ovpipe {step} --shards …)")
     return [storage.read_json(m) for m in markers]
+
+
+def made_by(markers: list[dict]) -> str:
+    """The code version(s) that made a step's shards (a resumed run may mix them: then all are named,
+    with the shards each made, rather than today's version stamped over the others)."""
+    by: dict[str, list[int]] = {}
+    for m in markers:
+        by.setdefault(m.get("code_version", "unknown (marker predates code versions)"), []).append(m["shard"])
+    if len(by) <= 1:
+        return next(iter(by), manifest.code_version())
+    log.warning("shards made by %d code versions: %s", len(by), sorted(by))
+    return "; ".join(f"{v} (shards {sorted(set(s))})" for v, s in sorted(by.items()))
 
 
 def finalize(ctx: Context, step: str, phases: list[str], n_shards: int, inputs: list[dict],
@@ -203,5 +222,6 @@ def finalize(ctx: Context, step: str, phases: list[str], n_shards: int, inputs: 
     body = manifest.build(step, ctx.run_id, ctx.recipe.to_dict(), inputs, outputs, counts,
                           wall_seconds=compute + (time.perf_counter() - t_start), metrics=metrics,
                           shard_errors=shard_errors, **extra)
+    body["code_version"] = made_by([m for ms in per_phase.values() for m in ms])
     manifest.write(ctx.uri(step, "manifest.json"), body)
     return body

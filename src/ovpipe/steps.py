@@ -59,10 +59,17 @@ def get(name: str) -> Step:
         raise ValueError(f"step {name!r} is not one of {list(NAMES)}") from None
 
 
+def folder(name: str, dataset: str = "mid") -> str:
+    """A step's run folder for one dataset: `pack` for mid, `pack-stage1`, `lengths-sft`, …"""
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset {dataset!r}: expected one of {DATASETS}")
+    return name if dataset == "mid" else f"{name}-{dataset}"
+
+
 def folders(names) -> list[str]:
     """The run folders of `names`, dataset by dataset (mid first: pack, then pack-stage1 …)."""
     chosen = [get(n) for n in names]
-    return [s.name if d == "mid" else f"{s.name}-{d}" for d in DATASETS for s in chosen if d in s.datasets]
+    return [folder(s.name, d) for d in DATASETS for s in chosen if d in s.datasets]
 
 
 def module(name: str):
@@ -72,9 +79,12 @@ def module(name: str):
 
 def run(ctx, name: str, shards: str = "all", workers: int = 1, dataset: str = "mid") -> dict:
     """Run every phase of a data step over `shards` and write its manifest (what `ovpipe <step>` does)."""
+    from ovpipe import faults
+
     mod = module(name)
     kw = {"dataset": dataset} if name in DATASET_STEPS else {}
-    if hasattr(mod, "process"):
-        mod.process(ctx, shards, workers, **kw)
-        return mod.finalize(ctx, **kw)
-    return mod.run(ctx)
+    with faults.active(folder(name, dataset)):
+        if hasattr(mod, "process"):
+            mod.process(ctx, shards, workers, **kw)
+            return mod.finalize(ctx, **kw)
+        return mod.run(ctx)

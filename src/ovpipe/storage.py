@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import http.client
 import io
 import json
 import os
@@ -24,8 +25,11 @@ import time
 import uuid
 from typing import IO, Any, Callable, Iterator
 
+from ovpipe import faults
+
 _TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout",
-                    "RequestTimeTooSkewed", "Throttling", "ThrottlingException", "503", "500"}
+                    "RequestTimeTooSkewed", "Throttling", "ThrottlingException", "BadGateway",
+                    "GatewayTimeout", "500", "502", "503", "504"}
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound", "NoSuchBucket"}
 RETRIES = int(os.environ.get("OVPIPE_S3_RETRIES", "6"))
 
@@ -117,16 +121,29 @@ def _error_code(exc: Exception) -> str:
     return str(err.get("Code") or resp.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
 
 
-def _is_transient(exc: Exception) -> bool:
+def _is_connection_failure(exc: Exception) -> bool:
+    """The connection or the body broke off: refused, reset, timed out, a short read (in botocore's,
+    urllib3's or the standard library's words)."""
     from botocore.exceptions import (
-        ClientError,
         ConnectionClosedError,
         ConnectTimeoutError,
         EndpointConnectionError,
+        IncompleteReadError,
+        ProxyConnectionError,
         ReadTimeoutError,
+        ResponseStreamingError,
     )
-    if isinstance(exc, (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError,
-                        ConnectTimeoutError, ConnectionError)):
+    from urllib3.exceptions import HTTPError as Urllib3Error
+
+    return isinstance(exc, (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError, ConnectTimeoutError,
+                            ProxyConnectionError, IncompleteReadError, ResponseStreamingError, ConnectionError,
+                            TimeoutError, Urllib3Error, http.client.HTTPException))
+
+
+def _is_transient(exc: Exception) -> bool:
+    from botocore.exceptions import ClientError
+
+    if _is_connection_failure(exc):
         return True
     return isinstance(exc, ClientError) and _error_code(exc) in _TRANSIENT_CODES
 
@@ -140,7 +157,10 @@ def _retry(op: str, uri: str, fn: Callable[[], Any]) -> Any:
     for attempt in range(RETRIES + 1):
         try:
             return fn()
-        except (ClientError, BotoCoreError, ConnectionError, S3UploadFailedError) as err:
+        except StorageError:
+            raise
+        except (ClientError, BotoCoreError, ConnectionError, S3UploadFailedError, TimeoutError,
+                http.client.HTTPException) as err:
             # upload_file wraps the ClientError (as __context__): judge and report the real one.
             exc = (err.__cause__ or err.__context__ or err) if isinstance(err, S3UploadFailedError) else err
             if _is_transient(exc) and attempt < RETRIES:
@@ -158,8 +178,8 @@ def _retry(op: str, uri: str, fn: Callable[[], Any]) -> Any:
 
 def read_bytes(uri: str) -> bytes:
     if is_remote(uri):
-        bucket, key = split_s3(uri)
-        return _retry("read", uri, lambda: s3_client().get_object(Bucket=bucket, Key=key)["Body"].read())
+        with open_read(uri) as f:  # a stream that breaks off resumes where it stopped
+            return f.read()
     try:
         with open(_local(uri), "rb") as f:
             return f.read()
@@ -182,29 +202,63 @@ def read_json(uri: str) -> Any:
 
 
 class _S3Raw(io.RawIOBase):
-    """A botocore StreamingBody as a raw file. StreamingBody's own `with` yields the bare urllib3
-    stream, which skips botocore's Content-Length check, so a truncated read would pass silently."""
+    """An S3 object as a raw file that survives a broken stream: when the body fails or ends before its
+    Content-Length, the rest is asked for again from the current offset (a ranged GET pinned to the
+    object's ETag, so a replaced object is never spliced in), with backoff, up to RETRIES times in a
+    row. Only bytes the server really has are returned; a short object ends where it ends.
+    (StreamingBody's own `with` yields the bare urllib3 stream, which would skip the length check.)"""
 
-    def __init__(self, body, uri: str):
-        self._body = body
-        self.uri = uri
+    def __init__(self, bucket: str, key: str, uri: str):
+        self.bucket, self.key, self.uri = bucket, key, uri
+        self.pos, self.resumed = 0, 0
+        resp = _retry("open", uri, lambda: s3_client().get_object(Bucket=bucket, Key=key))
+        self._body, self.length, self.etag = resp["Body"], resp["ContentLength"], resp.get("ETag")
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, b) -> int:
-        from botocore.exceptions import BotoCoreError
-
-        try:
-            data = self._body.read(len(b))  # IncompleteReadError if the stream ends early
-        except (BotoCoreError, ConnectionError) as exc:
-            raise StorageError(f"read {self.uri}: stream failed: {exc}") from exc
+        if self.pos >= self.length:
+            return 0
+        failures = 0
+        while True:
+            try:
+                data = self._body.read(min(len(b), self.length - self.pos)) if self._body else b""
+                if data:
+                    break
+                raise ConnectionError(f"stream ended at byte {self.pos} of {self.length}")
+            except Exception as exc:  # noqa: BLE001 - only a broken connection is resumed
+                if not _is_connection_failure(exc):
+                    raise
+                if failures >= RETRIES:
+                    raise StorageError(f"read {self.uri}: stream failed at byte {self.pos} of {self.length} "
+                                       f"after {failures} resumptions: {type(exc).__name__}: {exc}") from exc
+                failures += 1
+                self._reopen(failures)
         b[:len(data)] = data
+        self.pos += len(data)
         return len(data)
+
+    def _reopen(self, attempt: int) -> None:
+        self._close_body()
+        time.sleep(min(0.2 * 2 ** (attempt - 1), 10.0) * (1 + random.random()))
+        extra = {"IfMatch": self.etag} if self.etag else {}
+        resp = _retry("resume", self.uri, lambda: s3_client().get_object(
+            Bucket=self.bucket, Key=self.key, Range=f"bytes={self.pos}-", **extra))
+        self._body = resp["Body"]
+        self.resumed += 1
+
+    def _close_body(self) -> None:
+        if self._body is not None:
+            try:
+                self._body.close()
+            except Exception:  # noqa: BLE001 - a broken connection may fail to close too
+                pass
+            self._body = None
 
     def close(self) -> None:
         if not self.closed:
-            self._body.close()
+            self._close_body()
         super().close()
 
 
@@ -228,8 +282,7 @@ def open_read(uri: str) -> IO[bytes]:
     """A streaming binary reader (large objects are not loaded into memory); use it in `with`."""
     if is_remote(uri):
         bucket, key = split_s3(uri)
-        body = _retry("open", uri, lambda: s3_client().get_object(Bucket=bucket, Key=key)["Body"])
-        return io.BufferedReader(_S3Raw(body, uri), buffer_size=1 << 20)
+        return io.BufferedReader(_S3Raw(bucket, key, uri), buffer_size=1 << 20)
     try:
         return open(_local(uri), "rb")
     except FileNotFoundError as exc:
@@ -249,6 +302,12 @@ def exists(uri: str) -> bool:
 
 def list_uris(prefix: str, suffix: str = "") -> list[str]:
     """Every object under a folder/prefix (recursive), sorted, skipping temporaries."""
+    return [uri for uri, _ in list_versions(prefix, suffix)]
+
+
+def list_versions(prefix: str, suffix: str = "") -> list[tuple[str, str]]:
+    """(uri, version) of every object under a folder/prefix, sorted: the version (S3: ETag and size;
+    local: size and mtime) changes whenever the object is written again."""
     if is_remote(prefix):
         bucket, key = split_s3(prefix)
         key = key.rstrip("/") + "/" if key else ""
@@ -259,13 +318,36 @@ def list_uris(prefix: str, suffix: str = "") -> list[str]:
 
         for page in _retry("list", prefix, pages):
             for obj in page.get("Contents", []):
-                out.append(f"s3://{bucket}/{obj['Key']}")
+                out.append((f"s3://{bucket}/{obj['Key']}", f"{obj.get('ETag', '')}:{obj.get('Size', '')}"))
     else:
         root = _local(prefix)
         if os.path.isfile(root):
-            return [prefix] if prefix.endswith(suffix) else []
-        out = [os.path.join(d, f) for d, _, files in os.walk(root) for f in files]
-    return sorted(u for u in out if u.endswith(suffix) and ".tmp-" not in basename(u))
+            files = [prefix] if prefix.endswith(suffix) else []
+        else:
+            files = [os.path.join(d, f) for d, _, names in os.walk(root) for f in names]
+        out = []
+        for path in files:
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:  # removed while listing (a temporary committed or dropped)
+                continue
+            out.append((path, f"{st.st_size}:{st.st_mtime_ns}"))
+    return sorted(o for o in out if o[0].endswith(suffix) and ".tmp-" not in basename(o[0]))
+
+
+def relative_key(prefix: str, uri: str) -> str:
+    """`uri`'s path below `prefix`, refused when it would leave a folder it is written into (`..`, an
+    absolute path, an empty segment): a key from a store must never choose where a local file lands."""
+    if not is_remote(prefix):
+        prefix, uri = _local(prefix), _local(uri)
+    base = prefix.rstrip("/") + "/"
+    if not uri.startswith(base):
+        raise StorageError(f"{uri} is not below {prefix}")
+    rel = uri[len(base):]
+    parts = rel.split("/")
+    if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in rel:
+        raise StorageError(f"{uri}: key {rel!r} escapes {prefix} (refused)")
+    return rel
 
 
 # ---------------------------------------------------------------- atomic writes
@@ -277,12 +359,20 @@ def _tmp_name(uri: str) -> str:
     return f"{uri}.tmp-{uuid.uuid4().hex[:12]}"
 
 
-def put_tree(local_dir: str, uri: str) -> None:
-    """Commit every file under a local folder below `uri`, keeping relative paths (each file atomically)."""
-    for base, _, files in os.walk(local_dir):
-        for name in sorted(files):
-            path = os.path.join(base, name)
-            put_file(path, join(uri, os.path.relpath(path, local_dir).replace(os.sep, "/")))
+def put_tree(local_dir: str, uri: str, last: str | None = None, fault: str | None = None) -> None:
+    """Commit every file under a local folder below `uri`, keeping relative paths (each file atomically).
+    `last` (a relative path) is uploaded after all the others: readers that look for it see a whole tree.
+    `fault`: the fault point (ovpipe.faults) reached after the first file of several."""
+    rels = sorted(os.path.relpath(os.path.join(base, name), local_dir).replace(os.sep, "/")
+                  for base, _, files in os.walk(local_dir) for name in files)
+    if last is not None:
+        if last not in rels:
+            raise StorageError(f"put {local_dir} -> {uri}: the commit file {last!r} is missing")
+        rels = [r for r in rels if r != last] + [last]
+    for i, rel in enumerate(rels):
+        put_file(os.path.join(local_dir, rel), join(uri, rel))
+        if fault and i == 0 and len(rels) > 1:
+            faults.point(fault)
 
 
 def put_file(local_path: str, uri: str) -> None:
@@ -318,6 +408,33 @@ def write_bytes(uri: str, data: bytes) -> None:
         raise StorageError(f"write {uri}: {exc}") from exc
 
 
+def create_exclusive(uri: str, data: bytes) -> bool:
+    """Write `uri` only if nothing is there yet, atomically (S3: a conditional PUT with `If-None-Match: *`;
+    locally: a hard link, which fails when the name exists). True when this call created it. A retried
+    PUT may find its own first attempt: callers put a token in `data` and read it back on False."""
+    if is_remote(uri):
+        bucket, key = split_s3(uri)
+        try:
+            _retry("create", uri, lambda: s3_client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*"))
+            return True
+        except StorageError as exc:
+            if _error_code(exc.__cause__ or exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                return False
+            raise
+    dest = _local(uri)
+    os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
+    tmp = _tmp_name(dest)
+    with open(tmp, "wb") as f:
+        f.write(data)
+    try:
+        os.link(tmp, dest)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
+
+
 def write_text(uri: str, text: str) -> None:
     write_bytes(uri, text.encode("utf-8"))
 
@@ -343,6 +460,7 @@ class atomic_output:
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if exc_type is None:
+                faults.point("mid_write")
                 put_file(self.path, self.uri)
         finally:
             if os.path.exists(self.path):
@@ -384,36 +502,52 @@ def download(uri: str, local_path: str) -> str:
     return local_path
 
 
+def download_tree(uri: str, local_dir: str, objects: list[str] | None = None) -> None:
+    """Every object under a folder URI (or the `objects` listed) into `local_dir`, at its relative path;
+    a key that would land outside `local_dir` is refused."""
+    for obj in list_uris(uri) if objects is None else objects:
+        download(obj, os.path.join(local_dir, *relative_key(uri, obj).split("/")))
+
+
 def localize(uri: str, cache_dir: str | None = None) -> str:
-    """A local path for a file or folder URI: itself when local, else a cached download."""
+    """A local path for a file or folder URI: itself when local, else a cached download.
+
+    The cache is keyed on the URI *and* on the versions (ETag, size) of the objects under it, so an
+    export or a tower written again at the same URI is downloaded again, never served stale."""
     if not is_remote(uri):
         path = _local(uri)
         if not os.path.exists(path):
             raise NotFound(f"localize {uri}: no such file or folder")
         return path
     cache = cache_dir or os.environ.get("OVPIPE_CACHE", os.path.join(tempfile.gettempdir(), "ovpipe-cache"))
-    dest = os.path.join(cache, hashlib.sha256(uri.encode()).hexdigest()[:16], basename(uri))
+    single = exists(uri)
+    if single:
+        bucket, key = split_s3(uri)
+        head = _retry("stat", uri, lambda: s3_client().head_object(Bucket=bucket, Key=key))
+        versions = [(uri, f"{head.get('ETag', '')}:{head.get('ContentLength', '')}")]
+    else:
+        versions = list_versions(uri)
+        if not versions:
+            raise NotFound(f"localize {uri}: no such object or prefix")
+    fingerprint = hashlib.sha256(json.dumps([uri, versions]).encode()).hexdigest()[:16]
+    dest = os.path.join(cache, fingerprint, basename(uri))
     if os.path.exists(dest):
         return dest
-    objects = list_uris(uri)
-    if exists(uri):  # a single object (download_file itself writes to a temporary and renames)
+    if single:  # download_file itself writes to a temporary and renames
         download(uri, dest)
-    elif objects:
-        # Into a temporary folder renamed at the end: an interrupted download must not leave a
-        # partial folder that the `os.path.exists(dest)` check above would then trust.
-        tmp = _tmp_name(dest)
+        return dest
+    # Into a temporary folder renamed at the end: an interrupted download must not leave a partial
+    # folder that the `os.path.exists(dest)` check above would then trust.
+    tmp = _tmp_name(dest)
+    try:
+        download_tree(uri, tmp, [obj for obj, _ in versions])
         try:
-            for obj in objects:
-                download(obj, os.path.join(tmp, obj[len(uri.rstrip('/')) + 1:]))
-            try:
-                os.rename(tmp, dest)
-            except OSError:  # another process finished first: keep its copy
-                if not os.path.isdir(dest):
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        raise NotFound(f"localize {uri}: no such object or prefix")
+            os.rename(tmp, dest)
+        except OSError:  # another process finished first: keep its copy
+            if not os.path.isdir(dest):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 

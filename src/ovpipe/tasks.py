@@ -9,7 +9,7 @@ import json
 import logging
 import os
 
-from ovpipe import sharded, steps
+from ovpipe import faults, sharded, steps
 from ovpipe.data import source
 from ovpipe.runtime import on_kubernetes
 from ovpipe.sharded import Context, make_context
@@ -32,9 +32,10 @@ def synth(recipe: str, store: str, run_id: str, overrides: str, dataset: str = "
     given = ctx.recipe.data.input if dataset == "mid" else getattr(ctx.recipe.packing, dataset).input
     if given:
         return None
-    mod = steps.module("synth")
-    mod.process(ctx, dataset=dataset)
-    return mod.finalize(ctx, dataset=dataset)
+    with faults.active(steps.folder("synth", dataset)):
+        mod = steps.module("synth")
+        mod.process(ctx, dataset=dataset)
+        return mod.finalize(ctx, dataset=dataset)
 
 
 def plan(recipe: str, store: str, run_id: str, overrides: str, step: str = "embed", dataset: str = "mid") -> list[str]:
@@ -55,29 +56,33 @@ def plan(recipe: str, store: str, run_id: str, overrides: str, step: str = "embe
 
 def process(step: str, recipe: str, store: str, run_id: str, overrides: str, shards: str, **kw) -> str:
     ctx = context(recipe, store, run_id, overrides)
-    steps.module(step).process(ctx, shards, 1, **kw)
+    with faults.active(steps.folder(step, kw.get("dataset", "mid"))):
+        steps.module(step).process(ctx, shards, 1, **kw)
     return shards
 
 
 def concepts_index(recipe: str, store: str, run_id: str, overrides: str) -> str:
     from ovpipe.curation.concepts import build_vocab_index
 
-    return build_vocab_index(context(recipe, store, run_id, overrides))
+    with faults.active("concepts"):
+        return build_vocab_index(context(recipe, store, run_id, overrides))
 
 
 def filter_dedup(recipe: str, store: str, run_id: str, overrides: str) -> str:
     from ovpipe.curation.filter import dedup_all
 
-    return dedup_all(context(recipe, store, run_id, overrides))
+    with faults.active("filter"):
+        return dedup_all(context(recipe, store, run_id, overrides))
 
 
 def finalize(step: str, recipe: str, store: str, run_id: str, overrides: str, dataset: str = "mid") -> dict:
     """Collect a step's shards into its manifest (global steps run whole here)."""
     ctx = context(recipe, store, run_id, overrides)
     mod = steps.module(step)
-    if not hasattr(mod, "finalize"):
-        return mod.run(ctx)
-    return mod.finalize(ctx, dataset=dataset) if step in DATASET_STEPS else mod.finalize(ctx)
+    with faults.active(steps.folder(step, dataset)):
+        if not hasattr(mod, "finalize"):
+            return mod.run(ctx)
+        return mod.finalize(ctx, dataset=dataset) if step in DATASET_STEPS else mod.finalize(ctx)
 
 
 def publish(body: dict | None, dataset_path: str | None = None, metadata: dict | None = None,

@@ -65,7 +65,19 @@ def run(ctx: Context) -> dict:
     t0 = time.perf_counter()
     cfg, seed = ctx.recipe.balance, ctx.recipe.seed
     vocab = load_concepts(ctx.recipe.concepts.vocab)
-    ids, uid, shard, topk = _load(ctx)
+    all_ids, uid, shard, topk = _load(ctx)
+    # A key in two input shards is one sample twice: the first shard's copy stays in the draw.
+    first: dict[str, int] = {}
+    unique = np.ones(len(all_ids), bool)
+    duplicates = []
+    for i, k in enumerate(all_ids):
+        if k in first:
+            unique[i] = False
+            duplicates.append((k, "duplicate_key", f"also in input shard {first[k]}"))
+        else:
+            first[k] = int(shard[i])
+    ids = [k for k, u in zip(all_ids, unique) if u]
+    uid, shard, topk = uid[unique], shard[unique], topk[unique]
     counts = balancing.concept_counts(topk, len(vocab))
     mask, weight, info = select(cfg.method, topk, counts, uid, cfg.target, seed, cfg.aggregate, cfg.metaclip_t)
     after = balancing.concept_counts(topk[mask], len(vocab))
@@ -88,9 +100,10 @@ def run(ctx: Context) -> dict:
     with storage.atomic_output(png_uri, ".png") as path:
         plot(counts, after, path, f"concept frequency: {cfg.method} ({len(sel)} of {len(ids)} images)")
     rejected_ids = [ids[i] for i in np.flatnonzero(~mask)]
-    rejects = sharded.rejects_table([(i, "not_sampled", f"{cfg.method} draw") for i in rejected_ids], -1)
+    rejects = sharded.rejects_table([(i, "not_sampled", f"{cfg.method} draw") for i in rejected_ids] + duplicates, -1)
     tables.write_parquet(ctx.uri(STEP, "rejects.parquet"), rejects)
-    counts_obj = manifest.counts(len(ids), len(sel), {"not_sampled": len(rejected_ids)})
+    counts_obj = manifest.counts(len(all_ids), len(sel), {"not_sampled": len(rejected_ids),
+                                                          "duplicate_key": len(duplicates)})
     metrics = {"selected": len(sel), "max_over_median_before": stats["before"]["max_over_median"],
                "max_over_median_after": stats["after"]["max_over_median"],
                "normalized_entropy_before": stats["before"]["normalized_entropy"],

@@ -78,7 +78,7 @@ def caption_shard(ctx: Context, index: int) -> ShardResult:
 
     samples = iter_samples(uri, report, data.format, data.id_column, data.image_column, data.caption_column)
     for s in tqdm(samples, desc=f"caption {shard_name(index)}", unit="img", mininterval=5, leave=False):
-        if s.key not in wanted or s.key in seen:
+        if s.key not in wanted or s.key in seen or s.error:  # s.error: a later duplicate of a kept key
             continue
         seen.add(s.key)
         text = s.caption_text()

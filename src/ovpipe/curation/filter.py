@@ -23,7 +23,7 @@ from ovpipe.curation import dedup
 from ovpipe.curation.caption_rules import check_caption
 from ovpipe.curation.embed import embeddings_of
 from ovpipe.data import source, tables
-from ovpipe.data.shards import ShardReport, TarWriter, iter_samples
+from ovpipe.data.shards import ShardReport, TarWriter, iter_samples, sniff_ext
 from ovpipe.models.clip import encode_texts, load_clip
 from ovpipe.sharded import Context, ShardResult, shard_name
 
@@ -123,30 +123,22 @@ def write_shard(ctx: Context, index: int) -> ShardResult:
     uri = source.input_shards(ctx)[index]
     report = ShardReport(uri)
     out_uri = ctx.uri(STEP, f"{shard_name(index)}.tar")
-    writer = TarWriter(out_uri)
     written = set()
     samples = iter_samples(uri, report, data.format, data.id_column, data.image_column, data.caption_column)
-    for s in tqdm(samples, desc=f"filter {shard_name(index)}", unit="img", mininterval=5, leave=False):
-        row = keep.get(s.key)
-        if row is None or s.key in written:
-            continue
-        meta = {"id": s.key, "lang": row["lang"], "clip_score": row["clip_score"], "source": s.meta}
-        ext = s.image_ext or _sniff_ext(s.image)
-        writer.write(s.key, {ext: s.image, "txt": row["caption"].encode("utf-8"),
-                             "json": json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")})
-        written.add(s.key)
-    digest = writer.close()
+    with TarWriter(out_uri) as writer:
+        for s in tqdm(samples, desc=f"filter {shard_name(index)}", unit="img", mininterval=5, leave=False):
+            row = keep.get(s.key)
+            if row is None or s.error or s.key in written:  # s.error: a later duplicate of a kept key
+                continue
+            meta = {"id": s.key, "lang": row["lang"], "clip_score": row["clip_score"], "source": s.meta}
+            ext = s.image_ext or sniff_ext(s.image)
+            writer.write(s.key, {ext: s.image, "txt": row["caption"].encode("utf-8"),
+                                 "json": json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")})
+            written.add(s.key)
+        digest = writer.close()
     rejects += [(k, "missing_from_source", f"not found in {uri}") for k in sorted(set(keep) - written)]
     return ShardResult(len(cand), len(written), [{"uri": out_uri, "sha256": digest, "samples": len(written)}],
                        rejects, {"shard_errors": report.errors})
-
-
-def _sniff_ext(data: bytes) -> str:
-    if data[:3] == b"\xff\xd8\xff":
-        return "jpg"
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return "png"
-    return "webp" if data[8:12] == b"WEBP" else "img"
 
 
 def process(ctx: Context, shards: str = "all", workers: int = 1, phase: str = "all") -> None:

@@ -16,7 +16,7 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from ovpipe import storage
+from ovpipe import faults, storage
 from ovpipe.data import tables
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -52,6 +52,15 @@ class ShardReport:
 
     def add(self, error: str, samples_read: int) -> None:
         self.errors.append({"shard": self.uri, "error": error, "samples_read": samples_read})
+
+
+def sniff_ext(data: bytes) -> str:
+    """A file extension for image bytes stored without a name (parquet cells), from their magic."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    return "webp" if data[8:12] == b"WEBP" else "img"
 
 
 def list_shards(prefix: str) -> list[str]:
@@ -106,7 +115,24 @@ class _TarInfo(tarfile.TarInfo):
 
 
 def _iter_tar(uri: str, report: ShardReport) -> Iterator[Sample]:
-    key, members, n, start, end = None, {}, 0, -1, 0
+    """Groups of consecutive members sharing a key. A key seen before in the shard, or a member name
+    repeated inside a group, comes out as a `duplicate_key` reject (the first occurrence is the sample).
+    A stream that breaks off is resumed by storage; only data that really ends early (a cut tar) is
+    reported as a short shard. A storage failure that outlasts its retries raises: the shard is then
+    not committed, and a rerun reads it again."""
+    key, members, n, start, end, dup_member = None, {}, 0, -1, 0, None
+    seen: dict[str, int] = {}
+
+    def finish() -> Sample:
+        if key in seen:
+            return Sample(key=key, error=("duplicate_key", f"key appears again at byte {start}; first at byte "
+                                                            f"{seen[key]}"), offset=start, size=end - start)
+        seen[key] = start
+        if dup_member:
+            return Sample(key=key, error=("duplicate_key", f"member {dup_member!r} appears twice in the sample"),
+                          offset=start, size=end - start)
+        return _assemble(key, members, start, end)
+
     stream = storage.open_read(uri)
     try:
         with tarfile.open(fileobj=stream, mode="r|*", tarinfo=_TarInfo) as tar:
@@ -116,17 +142,21 @@ def _iter_tar(uri: str, report: ShardReport) -> Iterator[Sample]:
                 k, ext = _split_name(info.name)
                 data = tar.extractfile(info).read()
                 if k != key and key is not None:
-                    yield _assemble(key, members, start, end)
+                    yield finish()
                     n += 1
-                    members = {}
+                    members, dup_member = {}, None
                 if k != key:
                     start = info.offset
                 key = k
+                if ext in members:
+                    dup_member = info.name
                 members[ext] = data
                 end = info.offset_data + -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
             if not getattr(tar, "ovpipe_clean_end", False):
                 raise tarfile.ReadError("no end-of-archive marker (the stream stopped between members)")
-    except (tarfile.TarError, EOFError, OSError, storage.StorageError) as exc:
+    except storage.StorageError:
+        raise
+    except (tarfile.TarError, EOFError, UnicodeError, ValueError) as exc:
         report.add(f"shard ends early: {type(exc).__name__}: {exc}", n)
         if key is not None:  # the group being read when the data stopped may be cut short
             yield Sample(key=key, error=("incomplete_sample", f"shard ended while reading {sorted(members)}"))
@@ -134,7 +164,7 @@ def _iter_tar(uri: str, report: ShardReport) -> Iterator[Sample]:
     finally:
         stream.close()
     if key is not None:
-        yield _assemble(key, members, start, end)
+        yield finish()
 
 
 def _image_bytes(value) -> bytes | None:
@@ -143,30 +173,79 @@ def _image_bytes(value) -> bytes | None:
     return value
 
 
+def _cell_bytes(value, column: str) -> tuple[bytes | None, tuple[str, str] | None]:
+    """A text/bytes cell as bytes, or a reject when it holds another type."""
+    if value is None or isinstance(value, bytes):
+        return value, None
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass"), None
+    return None, ("bad_column", f"{column!r} holds {type(value).__name__}, expected text or bytes")
+
+
 def _iter_parquet(uri: str, report: ShardReport, id_column: str, image_column: str,
                   caption_column: str) -> Iterator[Sample]:
+    """Rows as samples. A missing id or image column, a null or a cell of the wrong type is a reject
+    of that row with its reason (a row without an id column is named `row-N`); `json` (or
+    `conversations`) columns carry a conversation for the stage datasets. A file that is not parquet, or
+    breaks off, is a short shard; a storage failure raises."""
     n = 0
+    seen: dict[str, int] = {}
     try:
         pf = tables.parquet_file(uri)
         names = pf.schema_arrow.names
         missing = [c for c in (id_column, image_column) if c not in names]
-        if missing:
-            raise ValueError(f"{uri}: parquet lacks columns {missing} (has {names}); "
-                                       "set data.id_column / data.image_column")
-        columns = [id_column, image_column] + ([caption_column] if caption_column in names else [])
+        if missing:  # every row becomes a reject naming the column; the shard error says what to set
+            report.add(f"parquet lacks columns {missing} (has {names}); set data.id_column / data.image_column", 0)
+        optional = [c for c in (caption_column, "json", "conversations") if c in names]
+        columns = [c for c in (id_column, image_column) if c in names] + optional
         for batch in pf.iter_batches(batch_size=256, columns=columns):
             rows = batch.to_pydict()
-            for i, sid in enumerate(rows[id_column]):
-                cap = rows[caption_column][i] if caption_column in rows else None
-                image = _image_bytes(rows[image_column][i])
-                sample = Sample(key=str(sid), image=image, image_ext=None, offset=n,
-                                caption=cap.encode("utf-8") if isinstance(cap, str) else cap)
-                if image is None:
-                    sample.error = ("missing_image", f"null {image_column!r}")
+            for i in range(batch.num_rows):
+                yield _parquet_sample(rows, i, n, seen, id_column, image_column, caption_column)
                 n += 1
-                yield sample
-    except (OSError, pa.ArrowException) as exc:
+    except storage.StorageError as exc:  # from opening it
+        if not isinstance(exc.__cause__, (pa.ArrowInvalid, pa.ArrowNotImplementedError)):
+            raise
+        report.add(f"not a readable parquet file: {exc}", n)
+    except (pa.ArrowException, OSError) as exc:
+        # pyarrow says OSError both for corrupt pages and for an S3 request that failed after its own
+        # retries: only the second is the store's fault, and a rerun should read the shard again.
+        if isinstance(exc, (ConnectionError, TimeoutError)) or "AWS Error" in str(exc):
+            raise storage.StorageError(f"read {uri}: {exc}") from exc
         report.add(f"parquet read failed: {type(exc).__name__}: {exc}", n)
+
+
+def _parquet_sample(rows: dict, i: int, n: int, seen: dict, id_column: str, image_column: str,
+                    caption_column: str) -> Sample:
+    sid = rows[id_column][i] if id_column in rows else None
+    key = str(sid) if sid is not None else f"row-{n}"
+    sample = Sample(key=key, offset=n)
+    if sid is None:
+        sample.error = ("missing_id", f"no {id_column!r} column" if id_column not in rows else f"null {id_column!r}")
+        return sample
+    if key in seen:
+        sample.error = ("duplicate_key", f"id appears again at row {n}; first at row {seen[key]}")
+        return sample
+    seen[key] = n
+    image, err = _cell_bytes(_image_bytes(rows[image_column][i]) if image_column in rows else None, image_column)
+    caption, cap_err = _cell_bytes(rows[caption_column][i] if caption_column in rows else None, caption_column)
+    sample.image, sample.caption = image, caption
+    for col in ("json", "conversations"):
+        value = rows.get(col, [None] * (i + 1))[i]
+        if value is not None:
+            sample.members["json"] = (value.encode("utf-8") if isinstance(value, str) else value) \
+                if isinstance(value, (str, bytes)) else json.dumps({"conversations": value}).encode()
+            break
+    if err or cap_err:
+        sample.error = err or cap_err
+    elif image is None:
+        sample.error = ("missing_image", f"no {image_column!r} column" if image_column not in rows
+                        else f"null {image_column!r}")
+    elif (ext := sniff_ext(image)) not in IMAGE_EXTS:
+        sample.error = ("unsupported_image_format", f"{image[:12]!r}… is not {'/'.join(IMAGE_EXTS)}")
+    else:
+        sample.image_ext = ext
+    return sample
 
 
 def fetch_samples(uri: str, positions: list[tuple[int, int]], fmt: str = "auto", threads: int = 8,
@@ -215,6 +294,7 @@ class TarWriter:
             info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
             info.uname = info.gname = ""
             self._tar.addfile(info, io.BytesIO(data))
+            faults.point("mid_shard")
             # The data is the member's last block run (padded to 512), just before the new offset.
             padded = -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
             parts.append((ext, self._tar.offset - padded, len(data)))
@@ -230,5 +310,16 @@ class TarWriter:
         return digest
 
     def abort(self) -> None:
+        """Drop the half-written shard: nothing is committed, the local temporary is removed."""
         self._tar.close()
         self._out.__exit__(RuntimeError, None, None)
+
+    def __enter__(self) -> "TarWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """Commit on success (when close() was not called yet); abort on any error."""
+        if exc_type is not None:
+            self.abort()
+        elif not self._tar.closed:
+            self.close()

@@ -22,7 +22,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from ovpipe import manifest, storage
+from ovpipe import faults, manifest, storage
 from ovpipe.evaluate import exports, report
 from ovpipe.sharded import Context
 
@@ -168,6 +168,7 @@ def run(ctx: Context, checkpoint: str | None = None, log=print) -> dict | None:
             out = os.path.join(tmp, "lmms-eval", variant)
             found = task_scores(run_lmms_eval(uri, tasks, include, out, cfg, gray=gray, log=log), metric_of)
             storage.put_tree(out, ctx.uri(step, "lmms-eval", variant))
+            faults.point("mid_eval", step)
             return found
 
         # each run is mostly its own start-up (imports, task set-up): on CPU they overlap well

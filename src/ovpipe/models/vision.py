@@ -7,8 +7,6 @@ The projector: LayerNorm → 2×2 spatial merge of neighbouring patches → Line
 """
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import torch
 from torch import nn
@@ -33,13 +31,14 @@ def load_image(blob: bytes, geometry: VisionGeometry) -> torch.Tensor:
     """Decoded, resized onto the token grid, normalized: float32 [3, H', W']."""
     from PIL import Image
 
-    with Image.open(io.BytesIO(blob)) as im:
-        im = im.convert("RGB")
-        h, w = smart_resize(im.height, im.width, geometry.patch_size * geometry.merge_size, geometry.min_pixels,
-                            geometry.max_pixels, geometry.max_aspect_ratio)
-        if (h, w) != (im.height, im.width):
-            im = im.resize((w, h), Image.Resampling.BICUBIC)
-        arr = np.asarray(im, dtype=np.float32) / 255.0
+    from ovpipe.data.images import open_rgb
+
+    im = open_rgb(blob)  # the decoder `lengths` vetted every image with
+    h, w = smart_resize(im.height, im.width, geometry.patch_size * geometry.merge_size, geometry.min_pixels,
+                        geometry.max_pixels, geometry.max_aspect_ratio)
+    if (h, w) != (im.height, im.width):
+        im = im.resize((w, h), Image.Resampling.BICUBIC)
+    arr = np.asarray(im, dtype=np.float32) / 255.0
     x = (arr - np.asarray(MEAN, np.float32)) / np.asarray(STD, np.float32)
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import re
 
-from ovpipe import manifest, storage
-from ovpipe.data.shards import IMAGE_EXTS, Sample, list_shards
+from ovpipe import manifest, steps, storage
+from ovpipe.data.shards import IMAGE_EXTS, Sample, list_shards, sniff_ext
 from ovpipe.packing.sequence import caption_turns, normalize_turns
 
-DATASETS = ("mid", "stage1", "sft")
+DATASETS = steps.DATASETS
 PLACEHOLDER = "<image>"
 
 
@@ -28,10 +28,7 @@ class SampleError(ValueError):
         self.reason, self.detail = reason, detail
 
 
-def step_name(step: str, dataset: str) -> str:
-    if dataset not in DATASETS:
-        raise ValueError(f"dataset {dataset!r}: expected one of {DATASETS}")
-    return step if dataset == "mid" else f"{step}-{dataset}"
+step_name = steps.folder
 
 
 def stage_config(ctx, dataset: str):
@@ -62,14 +59,14 @@ def dataset_inputs(ctx, dataset: str) -> list[dict]:
 
 
 def _image_members(sample: Sample) -> list[tuple[bytes, str]]:
-    """Images in order: `jpg` alone, or numbered members `0.jpg`, `1.png`, …"""
-    if sample.image is not None and not sample.members:  # parquet input: one image column
-        return [(sample.image, sample.image_ext or "jpg")]
+    """Images in order: `jpg` alone, or numbered members `0.jpg`, `1.png`, … (parquet: the image column)."""
     found = []
     for ext, data in sample.members.items():
         m = re.fullmatch(r"(?:(\d+)\.)?([a-z]+)", ext)
         if m and m.group(2) in IMAGE_EXTS:
             found.append((int(m.group(1) or -1), data, m.group(2)))
+    if not found and sample.image is not None:  # parquet input: one image column
+        return [(sample.image, sample.image_ext or sniff_ext(sample.image))]
     return [(data, ext) for _, data, ext in sorted(found, key=lambda t: t[0])]
 
 

@@ -1,9 +1,10 @@
 """Step `lengths`: every sample's exact token length, from image headers and the tokenizer.
 
 Length = chat template + text tokens + image tokens, computed by `sequence.lengths`, the same code
-the training loader's `sequence.encode` runs, so the packer and the loader cannot disagree. Images
-are never decoded: their size comes from the header, their tokens from the vision encoder's resize
-rule. Output per shard (compact columns): `id`, `length`, `n_images`, `image_tokens`, and the
+the training loader's `sequence.encode` runs, so the packer and the loader cannot disagree. An image's
+size comes from its header, its tokens from the vision encoder's resize rule; each image is also
+decoded once with the trainer's decoder, so one that would fail training is rejected here.
+Output per shard (compact columns): `id`, `length`, `n_images`, `image_tokens`, and the
 sample's position in its input shard (`offset`, `size`) so the packer can fetch it directly.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tqdm import tqdm
 
 from ovpipe import sharded, storage
 from ovpipe.data import tables
+from ovpipe.data.images import ImageError, open_rgb
 from ovpipe.data.shards import ShardReport, iter_samples
 from ovpipe.packing import sequence
 from ovpipe.packing.datasets import SampleError, dataset_inputs, dataset_shards, sample_turns, step_name
@@ -68,6 +70,17 @@ def get_tokenizer(ctx: Context):
     return _TOKENIZERS[uri]
 
 
+def _check_decodes(blob: bytes, w: int, h: int) -> None:
+    """The image decodes in full with the trainer's own decoder, to the size its header gave (the token
+    count comes from the header): a body broken behind a valid header is rejected here, not in training."""
+    try:
+        im = open_rgb(blob)
+    except ImageError as exc:
+        raise SampleError(exc.reason, exc.detail) from exc
+    if im.size != (w, h):
+        raise SampleError("header_mismatch", f"header says {w}x{h}, the image decodes to {im.size[0]}x{im.size[1]}")
+
+
 def lengths_shard(ctx: Context, index: int, dataset: str) -> ShardResult:
     cfg = ctx.recipe.packing
     tok = get_tokenizer(ctx)
@@ -86,6 +99,7 @@ def lengths_shard(ctx: Context, index: int, dataset: str) -> ShardResult:
                     w, h = image_size(blob)
                 except HeaderError as exc:
                     raise SampleError("corrupt_header", str(exc)) from exc
+                _check_decodes(blob, w, h)
                 try:
                     tokens.append(image_tokens(w, h, cfg))
                 except ValueError as exc:

@@ -36,7 +36,8 @@ def _load_lengths(ctx: Context, dataset: str) -> pa.Table:
         t = tables.read_parquet(ctx.uri(step_name("lengths", dataset), f"{shard_name(i)}.parquet"))
         parts.append(t.append_column("shard", pa.array(np.full(t.num_rows, i, np.int32))))
     table = pa.concat_tables(parts) if parts else None
-    return table.sort_by("id") if table is not None else table
+    return table.sort_by([("id", "ascending"), ("shard", "ascending"), ("offset", "ascending")]) \
+        if table is not None else table
 
 
 def plan(ctx: Context, dataset: str) -> dict:
@@ -49,6 +50,13 @@ def plan(ctx: Context, dataset: str) -> dict:
 def _plan(ctx: Context, dataset: str) -> None:
     cfg, step = ctx.recipe.packing, step_name("pack", dataset)
     t = _load_lengths(ctx, dataset)
+    # A key in two input shards (lengths saw each shard alone) is one sample twice: the first copy is packed.
+    ids_sorted = t.column("id").to_pylist()
+    again = np.array([i > 0 and ids_sorted[i - 1] == k for i, k in enumerate(ids_sorted)], bool)
+    shards_sorted = t.column("shard").to_numpy()
+    duplicates = [(ids_sorted[i], "duplicate_key", f"input shard {int(shards_sorted[i])}: also in an earlier shard")
+                  for i in np.flatnonzero(again)]
+    t = t.filter(pa.array(~again)) if len(again) else t
     lengths = t.column("length").to_numpy().astype(np.int64)
     n_img = t.column("n_images").to_numpy().astype(np.int64)
     img_tok = t.column("image_tokens").to_numpy().astype(np.int64)
@@ -86,7 +94,7 @@ def _plan(ctx: Context, dataset: str) -> None:
     with storage.atomic_output(ctx.uri(step, "fill.png"), ".png") as path:
         _plot_fill(lengths[placed], bins[placed], cfg.capacity, path, stats)
     storage.write_json(ctx.uri(step, "plan.json"), {
-        "bins": n_bins, "shards": math.ceil(n_bins / cfg.sequences_per_shard), "rejects": too_long,
+        "bins": n_bins, "shards": math.ceil(n_bins / cfg.sequences_per_shard), "rejects": too_long + duplicates,
         "stats": stats})
 
 
@@ -118,7 +126,7 @@ def write_shard(ctx: Context, index: int, dataset: str) -> ShardResult:
         tokens = [image_tokens(*image_size(blob), cfg) for blob, _ in images]
         sequences[r["bin"]].append(SubSample(id=r["id"], length=r["length"], turns=turns,
                                              images=[b for b, _ in images], image_exts=[e for _, e in images],
-                                             image_tokens=tokens))
+                                             image_tokens=tokens, truncated=bool(r["truncated"])))
     out_uri = ctx.uri(step, f"{shard_name(index)}.tar")
     info = write_packed_shard(out_uri, sorted(sequences.items()))
     n = len(rows)

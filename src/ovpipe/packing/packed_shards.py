@@ -45,6 +45,7 @@ class SubSample:
     images: list[bytes] = field(default_factory=list)
     image_exts: list[str] = field(default_factory=list)
     image_tokens: list[int] = field(default_factory=list)
+    truncated: bool = False  # packed cut to `length` (too_long: truncate); the loader cuts only these
 
 
 def sample_key(bin_id: int) -> str:
@@ -73,8 +74,9 @@ def _members(bin_id: int, subs: list[SubSample]) -> tuple[str, dict[str, bytes]]
             name = f"{len(members) - 1}.{ext}"
             members[name] = bytes(data)
             names.append(name)
-        entries.append({"id": str(s.id), "length": int(s.length), "turns": s.turns, "images": names,
-                        "image_tokens": [int(t) for t in s.image_tokens]})
+        entry = {"id": str(s.id), "length": int(s.length), "turns": s.turns, "images": names,
+                 "image_tokens": [int(t) for t in s.image_tokens]}
+        entries.append({**entry, "truncated": True} if s.truncated else entry)
         cu.append(cu[-1] + int(s.length))
     meta = {"bin": bin_id, "length": cu[-1], "subsamples": entries, "cu_seqlens": cu}
     # Sorted keys and fixed separators: the same sequence always gives the same bytes.

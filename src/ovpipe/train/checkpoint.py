@@ -38,16 +38,6 @@ def latest(root: str) -> dict | None:
     return json.loads(storage.read_text(uri)) if storage.exists(uri) else None
 
 
-def _download_tree(uri: str, local: str) -> None:
-    prefix = uri.rstrip("/") + "/"
-    for item in storage.list_uris(uri):
-        rel = item[len(prefix):] if item.startswith(prefix) else os.path.basename(item)
-        dest = os.path.join(local, *rel.split("/"))
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        with open(dest, "wb") as f:
-            f.write(storage.read_bytes(item))
-
-
 # The distributed optimizer's state format: megatron-core 0.16's default (fully_sharded_model_space) fails to
 # save ("ShardedTensor.flattened_range is not supported"); dp_reshardable saves each rank's buffers in parallel
 # (a resume may change the data-parallel size, not TP/PP; the model's own state reshards freely).
@@ -86,7 +76,7 @@ def save(root: str, step: int, model, optimizer, train_state: dict, keep: int = 
         if rank == 0:
             with open(os.path.join(local, "train_state.json"), "w") as f:
                 json.dump({**train_state, "step": step}, f, indent=2, sort_keys=True)
-        storage.put_tree(local, uri)  # each rank its own files (rank 0 also the metadata)
+        storage.put_tree(local, uri, fault="mid_checkpoint")  # each rank its own files (rank 0 also the metadata)
         if dist.is_initialized():
             dist.barrier()
         if rank == 0:
@@ -116,7 +106,7 @@ def load(uri: str, model, optimizer=None) -> dict:
 
     if optimizer is not None:
         _init_optimizer_state(optimizer)
-    with node_scratch.shared_copy(lambda folder: _download_tree(uri, folder), prefix="ovpipe-ckpt-") as tmp:
+    with node_scratch.shared_copy(lambda folder: storage.download_tree(uri, folder), prefix="ovpipe-ckpt-") as tmp:
         state = dist_checkpointing.load(_sharded_state(model, optimizer, loading=True,
                                                        with_optimizer=optimizer is not None), tmp)
         model.load_state_dict(state["model"], strict=True)

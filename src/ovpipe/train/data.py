@@ -121,10 +121,10 @@ def build_micro_batch(records: list[dict], tok, geometry) -> MicroBatch:
         for sub, blobs in zip(rec["json"]["subsamples"], rec["images"]):
             enc = sequence.encode(sub["turns"], sub["image_tokens"], tok)
             n = int(sub["length"])
-            if len(enc.input_ids) < n:
+            if len(enc.input_ids) < n or (len(enc.input_ids) > n and not sub.get("truncated")):
                 raise ValueError(f"sample {sub['id']}: encodes to {len(enc.input_ids)} tokens, packed as {n} "
-                                 "(was it packed with another tokenizer?)")
-            seq_ids, seq_mask = enc.input_ids[:n], enc.loss_mask[:n]  # longer only if packed truncated
+                                 "(was it packed with another tokenizer or chat template?)")
+            seq_ids, seq_mask = enc.input_ids[:n], enc.loss_mask[:n]  # longer only when packed truncated
             ids.append(seq_ids)
             labels.append(np.append(seq_ids[1:], IGNORE))
             mask.append(np.append(seq_mask[1:], 0).astype(np.float32))  # loss on predicting assistant tokens

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import re
 import sys
 import time
@@ -53,6 +54,7 @@ _DEFAULTS = ClusterConfig()
 # The TrainJob CRD allows 63 characters, but JobSet rejects a job whose longest pod name,
 # <name>-node-0-<last node>-<5 random>, passes 63: 40 leaves room for any node count.
 MAX_NAME_LEN = 40
+SPEC_DIGEST = "ovpipe/spec-digest"
 _DNS1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 
 
@@ -141,12 +143,15 @@ def build_job(recipe: Recipe, stage: str, profile: Profile | None = None, **kw) 
         check_layout(recipe.train, c.nodes * c.gpus_per_node)
     except ValueError as exc:
         raise ValueError(f"train.cluster ({c.nodes} nodes × {c.gpus_per_node} GPUs): {exc}") from None
-    api = c.api
-    if api == "trainjob":
-        return build_trainjob(recipe, stage, **kw)
-    if api == "pytorchjob":
-        return build_pytorchjob(recipe, stage, **kw)
-    raise ValueError(f"train.cluster.api: {api!r} is not one of ['pytorchjob', 'trainjob']")
+    builders = {"trainjob": build_trainjob, "pytorchjob": build_pytorchjob}
+    if c.api not in builders:
+        raise ValueError(f"train.cluster.api: {c.api!r} is not one of {sorted(builders)}")
+    job = builders[c.api](recipe, stage, **kw)
+    # What the job will do (image, command with its content-addressed recipe URI, placement): a rerun
+    # attaches only to a job whose spec is the same, never to one another recipe or image started
+    job["metadata"]["annotations"][SPEC_DIGEST] = hashlib.sha256(
+        json.dumps(job["spec"], sort_keys=True).encode()).hexdigest()[:32]
+    return job
 
 
 def cluster_training_runtime(profile: Profile | None = None, name: str = _DEFAULTS.runtime) -> dict:
@@ -346,6 +351,11 @@ def _create_or_attach(api, ref: dict, job: dict, label: str, deadline: float, po
         return obj
     existing = api.get_namespaced_custom_object(name=name, **ref)
     state, _ = job_state(existing, job["kind"])
+    theirs = ((existing.get("metadata") or {}).get("annotations") or {}).get(SPEC_DIGEST)
+    ours = job["metadata"].get("annotations", {}).get(SPEC_DIGEST)
+    if state != "failed" and theirs != ours:
+        raise RuntimeError(f"{label}: a {state} job of that name exists but was made from another spec or recipe "
+                           f"({SPEC_DIGEST} {theirs} != {ours}); it is left alone: delete it, or use another run id")
     if state != "failed":
         log(f"{label}: already exists ({state}); attaching to it")
         return existing

@@ -21,7 +21,7 @@ from functools import partial
 import torch
 import torch.distributed as dist
 
-from ovpipe import manifest, storage
+from ovpipe import faults, manifest, storage
 from ovpipe.config import Recipe
 from ovpipe.models import cpu_compat, llm
 from ovpipe.models.vlm import build_model, set_trainable
@@ -233,6 +233,11 @@ def _loss_plot(history: list[dict], path: str, title: str) -> None:
 
 def run_stage(recipe: Recipe, stage: str, store: str, run_id: str, log=print) -> dict | None:
     """Train one stage to its step budget (resuming if it was interrupted); returns the manifest (rank 0)."""
+    with faults.active(stage):
+        return _run_stage(recipe, stage, store, run_id, log)
+
+
+def _run_stage(recipe: Recipe, stage: str, store: str, run_id: str, log) -> dict | None:
     from ovpipe.train.tracking import preflight
 
     t_start = time.perf_counter()
@@ -309,7 +314,8 @@ def _finish(tr: Trainer, tracker: Tracker, t_start: float, log, language: list, 
         log(f"[{stage}] export check: per-token losses of the export and the model differ by at most "
             f"{agreement['max_abs_diff']:.2e} over {agreement['tokens']} tokens")
         stage_checks.check_agreement(agreement, f"stage {stage}")
-        storage.put_tree(out, export_uri(ctx, stage))
+        # ovpipe.json last: `latest:<run>` and the eval step take a folder holding it as a whole export
+        storage.put_tree(out, export_uri(ctx, stage), last="ovpipe.json", fault="mid_export")
         plot = os.path.join(tmp, "loss.png")
         _loss_plot(hist, plot, f"{ctx.run_id} · {stage}")
         storage.put_file(plot, ctx.uri(stage, "loss.png"))
@@ -325,7 +331,6 @@ def _finish(tr: Trainer, tracker: Tracker, t_start: float, log, language: list, 
     tracker.metrics({"export_max_abs_loss_diff": agreement["max_abs_diff"],
                      "peak_memory_gib": max(r["peak_memory_gib"] for r in ranks)}, tr.step)
     tracker.finish()
-    exports.publish(ctx.store, ctx.run_id, stage, export_uri(ctx, stage))
     timed = hist[1:] or hist  # the first step carries one-off costs
     seconds = sum(h["step_seconds"] for h in timed)
     tps = sum(h["tokens_per_second"] * h["step_seconds"] for h in timed) / max(seconds, 1e-9)
@@ -348,6 +353,7 @@ def _finish(tr: Trainer, tracker: Tracker, t_start: float, log, language: list, 
     m = manifest.build(stage, ctx.run_id, tr.recipe.to_dict(), inputs, outputs, manifest.counts(samples, samples, {}),
                        time.perf_counter() - t_start, metrics=metrics)
     manifest.write(ctx.uri(stage, "manifest.json"), m)
+    exports.publish(ctx.store, ctx.run_id, stage, export_uri(ctx, stage))  # after the manifest: the stage is done
     log(f"[{stage}] loss {metrics['loss_first']:.4f} -> {metrics['loss_last']:.4f} over {metrics['steps']} steps; "
         f"export {export_uri(ctx, stage)}")
     return m
