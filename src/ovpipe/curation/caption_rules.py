@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # only attributes are read, so any object with FilterConfig's fields works
     from ovpipe.config import FilterConfig
 
-REASONS = ("caption_empty", "too_short", "too_long", "wrong_language", "repetition", "refusal")
+REASONS = ("caption_empty", "control_chars", "too_short", "too_long", "wrong_language", "repetition", "refusal")
 LANGUAGES = ("en", "zh")
 
 # CJK unified ideographs: Ext A, base block, compatibility, and the supplementary planes (Ext B..H).
@@ -115,6 +115,9 @@ def check_caption(text: str, lang: str, cfg: FilterConfig) -> tuple[str, str] | 
     if text is None or not text.strip():
         return "caption_empty", "caption is empty after stripping whitespace"
     text = text.strip()
+    bad = [c for c in text if c not in "\t\n\r" and unicodedata.category(c) in ("Cc", "Cs", "Co", "Cn")]
+    if bad:  # NUL, escape sequences, lone surrogates, unassigned code points: never part of a caption
+        return "control_chars", f"{len(bad)} control or unassigned code points (first U+{ord(bad[0]):04X})"
     n = word_count(text, lang)
     if n < cfg.min_words:
         return "too_short", f"{n} words < min_words {cfg.min_words}"

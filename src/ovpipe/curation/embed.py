@@ -90,7 +90,8 @@ def embed_shard(ctx: Context, index: int) -> ShardResult:
             if len(batch) >= cfg.batch_size:
                 flush()
         flush()
-    emb = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+    # a shard where nothing decoded still gets a table of the model's width (parquet has no 0-wide lists)
+    emb = np.concatenate(chunks) if chunks else np.zeros((0, model.visual.output_dim), np.float32)
     out_uri = ctx.uri(STEP, f"{shard_name(index)}.parquet")
     digest = tables.write_parquet(out_uri, embedding_table(ids, emb, widths, heights))
     return ShardResult(n_in, len(ids), [{"uri": out_uri, "sha256": digest, "samples": len(ids)}], rejects,

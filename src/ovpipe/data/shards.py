@@ -120,7 +120,7 @@ def _iter_tar(uri: str, report: ShardReport) -> Iterator[Sample]:
     A stream that breaks off is resumed by storage; only data that really ends early (a cut tar) is
     reported as a short shard. A storage failure that outlasts its retries raises: the shard is then
     not committed, and a rerun reads it again."""
-    key, members, n, start, end, dup_member = None, {}, 0, -1, 0, None
+    key, members, n, start, end, dup_member, reading = None, {}, 0, -1, 0, None, None
     seen: dict[str, int] = {}
 
     def finish() -> Sample:
@@ -140,6 +140,7 @@ def _iter_tar(uri: str, report: ShardReport) -> Iterator[Sample]:
                 if not info.isfile():
                     continue
                 k, ext = _split_name(info.name)
+                reading = k
                 data = tar.extractfile(info).read()
                 if k != key and key is not None:
                     yield finish()
@@ -158,6 +159,9 @@ def _iter_tar(uri: str, report: ShardReport) -> Iterator[Sample]:
         raise
     except (tarfile.TarError, EOFError, UnicodeError, ValueError) as exc:
         report.add(f"shard ends early: {type(exc).__name__}: {exc}", n)
+        if reading is not None and reading != key and key is not None:
+            yield finish()  # the data stopped in the first member of the next sample: this one is whole
+            key, members = reading, {}
         if key is not None:  # the group being read when the data stopped may be cut short
             yield Sample(key=key, error=("incomplete_sample", f"shard ended while reading {sorted(members)}"))
         return

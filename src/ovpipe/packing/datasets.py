@@ -84,17 +84,21 @@ def sample_turns(sample: Sample, dataset: str, caption_prompt: str = "") -> tupl
         turns = caption_turns(text.strip(), caption_prompt)
     else:
         raw = sample.members.get("json")
+        if raw is None:
+            raise SampleError("missing_json", "no json member holding the conversation")
         try:
-            meta = json.loads(raw) if raw is not None else {}
+            meta = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise SampleError("bad_metadata", f"json member: {exc}") from exc
+        if not isinstance(meta, dict):
+            raise SampleError("bad_metadata", f"json member is a {type(meta).__name__}, expected an object")
         conv = meta.get("conversation", meta.get("conversations"))
         if conv is None:
             raise SampleError("bad_conversation", "json has no 'conversation' or 'conversations'")
         try:
             turns = normalize_turns(conv)
         except ValueError as exc:
-            reason = "no_assistant_turn" if "assistant" in str(exc) else "bad_conversation"
+            reason = "no_assistant_turn" if str(exc).startswith("no assistant turn") else "bad_conversation"
             raise SampleError(reason, str(exc)) from exc
         if any(not t["content"].strip() for t in turns if t["role"] == "assistant"):
             raise SampleError("empty_text", "an assistant turn is empty")

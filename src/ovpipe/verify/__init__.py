@@ -1,0 +1,1 @@
+"""Verification: generated bad inputs, fault injection, store faults, secret scans and the `make verify` table."""
