@@ -31,6 +31,9 @@ def _s3_filesystem():
     if os.environ.get("AWS_ACCESS_KEY_ID"):
         kwargs.update(access_key=os.environ["AWS_ACCESS_KEY_ID"],
                       secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY", ""))
+    # The AWS SDK's standard retries with backoff, as many as storage.py makes: a store that restarts or
+    # sheds load is waited for, not turned into a failed task.
+    kwargs["retry_strategy"] = fs.AwsStandardS3RetryStrategy(max_attempts=storage.RETRIES + 4)
     return fs.S3FileSystem(**kwargs)
 
 

@@ -121,12 +121,14 @@ class FaultProxy:
                     self.end_headers()
                     return
                 self.send_response(resp.status, resp.reason)
+                head = self.command == "HEAD"  # no body: the upstream's Content-Length is the object's size
                 for k, v in resp.getheaders():
-                    if k.lower() not in _HOP and k.lower() != "content-length":
+                    if k.lower() not in _HOP and (head or k.lower() != "content-length"):
                         self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
+                if not head:
+                    self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                if self.command == "HEAD":
+                if head:
                     return
                 if fault == "truncate" and len(data) > 1:
                     self.wfile.write(data[: len(data) // 2])
