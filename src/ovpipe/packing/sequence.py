@@ -210,10 +210,11 @@ def normalize_turns(obj) -> list[dict]:
             raise ValueError(f"turn {i} is a {type(turn).__name__}, not a dict")
         if "role" in turn:
             role, content = turn["role"], turn.get("content")
-            if role not in ROLES:
+            if not isinstance(role, str) or role not in ROLES:
                 raise ValueError(f"turn {i}: unknown role {role!r} (expected one of {ROLES})")
         elif "from" in turn:
-            role, content = _LLAVA_ROLES.get(turn["from"]), turn.get("value")
+            role = _LLAVA_ROLES.get(turn["from"]) if isinstance(turn["from"], str) else None
+            content = turn.get("value")
             if role is None:
                 raise ValueError(f"turn {i}: unknown speaker {turn['from']!r} (expected human, gpt or system)")
         else:
