@@ -44,8 +44,9 @@ def test_nothing_the_project_ships_holds_a_secret(tmp_path):
     rendered = tmp_path / "chart"
     rendered.mkdir()
     for values in ("values.yaml", "values-h100-pool.yaml"):
-        out = subprocess.run([tool("helm"), "template", "ovpipe", os.path.join(ROOT, "charts", "ovpipe"), "-f",
-                              os.path.join(ROOT, "charts", "ovpipe", values)], capture_output=True, text=True, check=True)
+        chart = os.path.join(ROOT, "charts", "ovpipe")
+        out = subprocess.run([tool("helm"), "template", "ovpipe", chart, "-f", os.path.join(chart, values)],
+                             capture_output=True, text=True, check=True)
         (rendered / values).write_text(out.stdout)
     paths = [os.path.join(ROOT, p) for p in ("pipelines/compiled", "manifests", "configs")] + [str(rendered)]
     n, findings = scan(paths, trivy=tool("trivy"))
