@@ -15,7 +15,7 @@ PROFILE ?=
 CLUSTER_PROFILE = $(or $(PROFILE),default)
 TOOLS := .tools/bin
 
-.PHONY: install tools run run-stage submit retry status schedule-eval test compile manifests bench lint clean \
+.PHONY: install tools run run-stage submit retry status schedule-eval test verify compile manifests bench lint clean \
 	base-image images compare-runners rehearsal
 
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -86,6 +86,13 @@ schedule-eval: install
 
 test: install tools
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Reliability and security, with numbers (~30 min; QUICK=1 ~10): fuzzing (FUZZ examples per test), the bad-input
+# corpus through the whole DAG, the fault matrix, store faults, the secret scan; one table at the end.
+verify: install tools
+	mkdir -p build/verify
+	OVPIPE_VERIFY_DIR=$(CURDIR)/build/verify OVPIPE_FUZZ_EXAMPLES=$(or $(FUZZ),2000) $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py
+	$(PY) -m ovpipe.verify --dir build/verify --fuzz build/verify/fuzz.json $(if $(QUICK),--quick)
 
 # The pipelines compiled for a cluster profile (configs/cluster/$(PROFILE).yaml): the default profile's are
 # checked in (pipelines/compiled/), another's go to build/compiled/<name>/.

@@ -55,15 +55,21 @@ def _command(step: str, dataset: str, store: str, run_id: str) -> list[str]:
     return cmd + [f"--set={o}" for o in OVERRIDES]
 
 
-def run_steps(store: str, run_id: str, chosen, env: dict | None = None, log=print) -> dict:
+def run_steps(store: str, run_id: str, chosen, env: dict | None = None, log=print,
+              log_dir: str | None = None) -> dict:
     """Run each chosen step to completion, starting it again whenever a fault killed it; returns
-    {folder: kills}. Any other failure raises with the step's output tail."""
+    {folder: kills}. Any other failure raises with the step's output tail. `log_dir` keeps every
+    attempt's output (the secret scan reads it)."""
     kills = {}
     for folder, step, dataset in chosen:
         kills[folder] = 0
         while True:
             proc = subprocess.run(_command(step, dataset, store, run_id), env={**os.environ, **(env or {})},
                                   capture_output=True, text=True)
+            if log_dir:
+                os.makedirs(log_dir, exist_ok=True)
+                with open(os.path.join(log_dir, f"{run_id}.{folder}.{kills[folder]}.log"), "w") as f:
+                    f.write(proc.stdout + proc.stderr)
             if proc.returncode == 0:
                 break
             if proc.returncode == -signal.SIGKILL and "ovpipe fault:" in proc.stderr and kills[folder] < 5:
@@ -97,12 +103,13 @@ def fingerprint(store: str, run_id: str, chosen) -> dict:
     return out
 
 
-def matrix(store: str, points=None, names=None, log=print) -> dict:
-    """The clean run, then one faulted run per point; returns the report (see `summary`)."""
+def matrix(store: str, points=None, names=None, log=print, log_dir: str | None = None) -> dict:
+    """The clean run, then one faulted run per point; returns the report: faults injected and survived
+    (a pass survives when every step's fingerprint equals the clean run's), per pass what was killed."""
     chosen, aimed = folders(names)
     t0 = time.perf_counter()
     log(f"clean run of {len(chosen)} steps; faults aimed at {aimed}")
-    run_steps(store, "clean", chosen, log=log)
+    run_steps(store, "clean", chosen, log=log, log_dir=log_dir)
     want = fingerprint(store, "clean", chosen)
     passes = []
     for point in points or POINTS:
@@ -110,16 +117,19 @@ def matrix(store: str, points=None, names=None, log=print) -> dict:
         once = os.path.join(storage._local(store), f"_faults-{point}")
         spec = ",".join(f"{folder}:{point}:{POINTS[point]}" for folder in aimed)
         log(f"pass {point}: OVPIPE_FAULT={point} for every step")
-        kills = run_steps(store, run_id, chosen, {"OVPIPE_FAULT": spec, "OVPIPE_FAULT_ONCE": once}, log=log)
+        kills = run_steps(store, run_id, chosen, {"OVPIPE_FAULT": spec, "OVPIPE_FAULT_ONCE": once}, log=log,
+                          log_dir=log_dir)
         got = fingerprint(store, run_id, chosen)
         differ = sorted(f for f in want if got.get(f) != want[f])
         injected = sum(kills.values())
         passes.append({"point": point, "injected": injected, "killed": sorted(f for f, k in kills.items() if k),
-                       "differ": differ})
+                       "differ": differ, "compared": len(want)})
         log(f"  {injected} faults injected; " + (f"DIFFER: {differ}" if differ else "identical to the clean run"))
     return {"steps": aimed, "passes": passes, "seconds": round(time.perf_counter() - t0, 1),
             "injected": sum(p["injected"] for p in passes),
-            "survived": sum(p["injected"] for p in passes if not p["differ"])}
+            "survived": sum(p["injected"] for p in passes if not p["differ"]),
+            "checks": sum(p["compared"] for p in passes),
+            "checks_passed": sum(p["compared"] - len(p["differ"]) for p in passes)}
 
 
 def main(argv: list[str] | None = None) -> int:

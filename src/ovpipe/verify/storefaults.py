@@ -14,7 +14,7 @@ import time
 
 from ovpipe import storage
 from ovpipe.s3server import SeaweedS3
-from ovpipe.verify import faultmatrix
+from ovpipe.verify import faultmatrix, secretscan
 from ovpipe.verify.faultproxy import FaultProxy
 
 DATA = ("synth", "embed", "concepts", "balance", "caption", "filter", "lengths", "pack")
@@ -50,13 +50,15 @@ def run(workdir: str, every: int = 4, restarts: int = 2, log=print) -> dict:
         os.environ.update(env)  # fingerprints are read here, straight from the server
         log("clean run on SeaweedFS")
         start = time.perf_counter()
-        faultmatrix.run_steps(STORE, "clean", chosen, env=env, log=log)
+        logs = os.path.join(workdir, "logs")
+        faultmatrix.run_steps(STORE, "clean", chosen, env=env, log=log, log_dir=logs)
         clean_s = time.perf_counter() - start
         want = faultmatrix.fingerprint(STORE, "clean", chosen)
 
         log(f"behind the fault proxy: every {every}th request faulted")
         with FaultProxy(s3.endpoint, every=every) as proxy:
-            faultmatrix.run_steps(STORE, "proxied", chosen, env={**env, "OVPIPE_S3_ENDPOINT": proxy.endpoint}, log=log)
+            faultmatrix.run_steps(STORE, "proxied", chosen, env={**env, "OVPIPE_S3_ENDPOINT": proxy.endpoint}, log=log,
+                                  log_dir=logs)
             requests, counts = proxy.requests, dict(proxy.counts)
         proxied = faultmatrix.fingerprint(STORE, "proxied", chosen)
 
@@ -64,18 +66,25 @@ def run(workdir: str, every: int = 4, restarts: int = 2, log=print) -> dict:
         done = threading.Event()
         downtimes = _restarter(s3, [clean_s * (i + 1) / (restarts + 1) for i in range(restarts)], done, log)
         try:
-            faultmatrix.run_steps(STORE, "restarted", chosen, env=env, log=log)
+            faultmatrix.run_steps(STORE, "restarted", chosen, env=env, log=log, log_dir=logs)
         finally:
             done.set()
         restarted = faultmatrix.fingerprint(STORE, "restarted", chosen)
         partial = [u for u in storage.list_uris(STORE) if ".tmp-" in u]
+        # the store's every object and the steps' logs must not hold the server's credentials
+        copy = os.path.join(workdir, "store-copy")
+        storage.download_tree(STORE, copy)
+        scanned, found = secretscan.scan([copy, logs], known=[s3.access_key, s3.secret_key])
     report = {
         "steps": [f for f, _, _ in chosen], "proxy": {"requests": requests, "faulted": sum(counts.values()), **counts,
                                                       "identical": proxied == want,
                                                       "differ": sorted(f for f in want if proxied.get(f) != want[f])},
         "restart": {"restarts": len(downtimes), "downtime_s": downtimes, "identical": restarted == want,
                     "differ": sorted(f for f in want if restarted.get(f) != want[f])},
-        "partial_objects": partial, "seconds": round(time.perf_counter() - t0, 1)}
+        "partial_objects": partial, "secrets": {"files": scanned, "found": found},
+        "checks": 2 * len(want),
+        "checks_passed": sum(got.get(f) == want[f] for got in (proxied, restarted) for f in want),
+        "seconds": round(time.perf_counter() - t0, 1)}
     return report
 
 
@@ -92,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
     ok = report["proxy"]["identical"] and report["restart"]["identical"] and report["restart"]["restarts"] \
-        and not report["partial_objects"]
+        and not report["partial_objects"] and not report["secrets"]["found"]
     return 0 if ok else 1
 
 
