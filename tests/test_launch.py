@@ -454,6 +454,20 @@ def test_submit_attaches_to_an_existing_job(trainjob):
     assert any("attaching" in line for line in logs)
 
 
+def test_submit_never_attaches_to_a_job_of_another_spec(recipe):
+    """Same name, other spec (another recipe or image): a live job is left alone and the task fails saying
+    so; the same spec attaches."""
+    job = launch.build_job(recipe, "mid", **KW)
+    other = launch.build_job(recipe, "mid", **{**KW, "recipe_uri": "s3://ovpipe/r1/_recipes/other.yaml"})
+    assert other["metadata"]["annotations"][launch.SPEC_DIGEST] != job["metadata"]["annotations"][launch.SPEC_DIGEST]
+    custom = FakeCustomObjects([{"conditions": [cond("Created")]}], existing={**other, "status": {}})
+    with pytest.raises(RuntimeError, match="another spec or recipe"):
+        submit(job, custom)
+    assert custom.deleted == [] and custom.created == []
+    same = FakeCustomObjects([{"conditions": [cond("Complete")]}], existing={**job, "status": {}})
+    assert submit(job, same)[0]["status"]["conditions"][-1]["type"] == "Complete"
+
+
 def test_submit_replaces_a_failed_job_of_the_same_name(recipe):
     job = launch.build_pytorchjob(recipe, "mid", **KW)
     failed = {**job, "status": {"conditions": [cond("Failed")]}}

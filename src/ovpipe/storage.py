@@ -505,8 +505,10 @@ def download(uri: str, local_path: str) -> str:
 def download_tree(uri: str, local_dir: str, objects: list[str] | None = None) -> None:
     """Every object under a folder URI (or the `objects` listed) into `local_dir`, at its relative path;
     a key that would land outside `local_dir` is refused."""
-    for obj in list_uris(uri) if objects is None else objects:
-        download(obj, os.path.join(local_dir, *relative_key(uri, obj).split("/")))
+    objects = list_uris(uri) if objects is None else objects
+    rels = [relative_key(uri, obj) for obj in objects]  # every key checked before any byte moves
+    for obj, rel in zip(objects, rels):
+        download(obj, os.path.join(local_dir, *rel.split("/")))
 
 
 def localize(uri: str, cache_dir: str | None = None) -> str:
