@@ -16,8 +16,9 @@ from tests.helpers import ROOT, TINY
 def test_bad_corpus_through_every_data_step_is_accounted_for(tmp_path):
     corpus, store = str(tmp_path / "corpus"), str(tmp_path / "store")
     expected = badinput.write(corpus)
-    ctx = make_context(TINY, store, "bad", ["data.workers=1", f"data.input={corpus}/curated",
-                                             f"packing.stage1.input={corpus}/stage1", f"packing.sft.input={corpus}/sft"])
+    inputs = [f"data.input={corpus}/curated", f"packing.stage1.input={corpus}/stage1",
+              f"packing.sft.input={corpus}/sft"]
+    ctx = make_context(TINY, store, "bad", ["data.workers=1", *inputs])
     for name in ("embed", "concepts", "balance", "caption", "filter"):
         run_step(ctx, name)
     for dataset in steps.DATASETS:
