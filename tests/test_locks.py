@@ -83,3 +83,12 @@ def test_a_killed_holder_is_taken_over_after_its_lease(tmp_path):
     with locks.held(lock, ttl=1.0, poll=0.05, timeout=30) as gen:
         assert gen >= 1  # the next generation: the dead holder's file was never deleted by a waiter
     assert time.monotonic() - t0 < 10
+
+
+def test_a_silent_holder_on_another_host_is_taken_over_after_ttl(tmp_path):
+    lock = str(tmp_path / "l.lock")
+    storage.write_bytes(storage.join(lock, "gen-000000.json"), b'{"holder": "elsewhere:1:abc", "beat": 0}')
+    t0 = time.monotonic()
+    with locks.held(lock, ttl=1.0, poll=0.05, timeout=30) as gen:
+        assert gen == 1
+    assert 1.0 <= time.monotonic() - t0 < 10

@@ -6,10 +6,11 @@ concepts index, a pack plan): the first to arrive builds it, the others wait and
 
 The lock is a folder of generations, `gen-NNNNNN.json`, each created with a conditional write
 (`If-None-Match: *` on S3, a hard link locally), so exactly one process wins a generation. The holder
-rewrites its file every `ttl / 3` seconds (a heartbeat). A waiter that sees the newest generation
-unchanged for `ttl` seconds of its own clock (a killed task never releases) creates the next
-generation instead of deleting anything, so no clock is compared across machines and no two waiters
-can both take over. On release the holder deletes its own generation and those before it.
+rewrites its file every `ttl / 3` seconds (a heartbeat). A waiter takes over by creating the next
+generation (never by deleting one, so no two waiters can both take over) when the newest stays unchanged
+for `ttl` seconds of its own clock (no clock is compared across machines), or at once when its holder
+was a process on this host that is gone (a killed local task). On release the holder deletes its own
+generation and those before it.
 """
 from __future__ import annotations
 
@@ -55,16 +56,18 @@ def held(lock: str, ttl: float | None = None, poll: float = 0.5, timeout: float 
     seen_since = time.monotonic()
     while True:
         newest = _newest(lock)
+        gen = None
         if newest is None:
             gen = 0
-        elif newest != seen:  # a new generation or a heartbeat: its holder is alive
-            seen, seen_since = newest, time.monotonic()
-            gen = None
-        elif time.monotonic() - seen_since >= ttl:
-            log.warning("lock %s: generation %d silent for %.0f s; taking over", lock, newest[0], ttl)
-            gen = newest[0] + 1
         else:
-            gen = None
+            if newest != seen:  # a new generation or a heartbeat: its holder was alive just now
+                seen, seen_since = newest, time.monotonic()
+            if time.monotonic() - seen_since >= ttl:
+                log.warning("lock %s: generation %d silent for %.0f s; taking over", lock, newest[0], ttl)
+                gen = newest[0] + 1
+            elif _holder_gone(lock, newest[0]):
+                log.warning("lock %s: generation %d's holder no longer runs on this host; taking over", lock, newest[0])
+                gen = newest[0] + 1
         if gen is not None and _claim(lock, gen, token):
             break
         if time.monotonic() >= deadline:
@@ -80,6 +83,24 @@ def held(lock: str, ttl: float | None = None, poll: float = 0.5, timeout: float 
         beat.join()
         for g in range(gen, -1, -1):
             storage.delete(_gen_uri(lock, g))
+
+
+def _holder_gone(lock: str, gen: int) -> bool:
+    """True when the generation's holder ran on this host and its process is gone (a killed local task);
+    holders elsewhere are judged by their heartbeat only."""
+    try:
+        host, pid, _ = json.loads(storage.read_bytes(_gen_uri(lock, gen)))["holder"].split(":")
+    except (storage.StorageError, ValueError, KeyError):
+        return False
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError):
+        return False
+    return False
 
 
 def _body(token: str, beat: int) -> bytes:
