@@ -124,3 +124,25 @@ def test_sixteen_bit_and_palette_images_keep_their_range():
     gray16.save(buf, "PNG")
     im, err = decode_image(buf.getvalue())
     assert err is None and im.mode == "RGB" and 150 < im.getpixel((0, 0))[0] < 160  # 40000/65535*255, not 255
+
+
+def test_embeddings_do_not_depend_on_torch_threads(tmp_path):
+    """Thread counts differ across machines and worker counts (run_shards divides the cores): the bytes
+    of an embed shard must not."""
+    import torch
+
+    from ovpipe.curation.embed import embed_shard
+    from ovpipe.steps import run as run_step
+    from tests.helpers import small_context
+
+    ctx = small_context(str(tmp_path), "synth.shards=1")
+    run_step(ctx, "synth")
+    before = torch.get_num_threads()
+    digests = set()
+    try:
+        for n in (1, 3, 8):
+            torch.set_num_threads(n)
+            digests.add(embed_shard(ctx, 0).outputs[0]["sha256"])
+    finally:
+        torch.set_num_threads(before)
+    assert len(digests) == 1
