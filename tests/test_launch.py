@@ -305,7 +305,7 @@ def test_manifests_are_generated_from_the_profiles():
     assert node["template"]["metadata"]["labels"]["trainer.kubeflow.org/trainjob-ancestor-step"] == "trainer"
     (container,) = node["template"]["spec"]["template"]["spec"]["containers"]
     assert container["name"] == "node"
-    assert container["env"][1:] == profiles.pod_env(profiles.Profile())
+    assert container["env"][2:] == profiles.pod_env(profiles.Profile())
 
 
 def test_the_role_allows_exactly_what_the_launcher_calls(recipe):

@@ -64,6 +64,7 @@ runAsNonRoot: true
 runAsUser: 1000
 runAsGroup: 1000
 allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
 capabilities:
   drop: [ALL]
 seccompProfile:

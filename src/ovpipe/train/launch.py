@@ -112,7 +112,7 @@ def build_pytorchjob(recipe: Recipe, stage: str, *, run_id: str, store: str, rec
     def replica(count: int) -> dict:  # a fresh dict per replica type: YAML then has no anchors
         container = {"name": CONTAINER["PyTorchJob"], "image": profile.image("gpu"), "command": command,
                      "env": _env(profile), "ports": [dict(PYTORCH_PORT)], "resources": _resources(c, profile),
-                     "volumeMounts": [_shm_mount()], "securityContext": _security()}
+                     "volumeMounts": _mounts(), "securityContext": _security()}
         pod = {"containers": [container], **_pod_placement(profile)}
         return {"replicas": count, "restartPolicy": "OnFailure",
                 "template": {"metadata": {"labels": dict(meta["labels"])}, "spec": pod}}
@@ -162,7 +162,7 @@ def cluster_training_runtime(profile: Profile | None = None, name: str = _DEFAUL
         "name": CONTAINER["TrainJob"],  # the torch plugin injects PET_* into the container named `node`
         "image": profile.image("gpu"),  # TrainJobs set their own image, command and resources
         "env": _env(profile),
-        "volumeMounts": [_shm_mount()],
+        "volumeMounts": _mounts(),
         "securityContext": _security(),
     }
     return {
@@ -284,7 +284,8 @@ def _metadata(name: str, namespace: str, stage: str, run_id: str, store: str, re
 def _env(profile: Profile) -> list[dict]:
     """Unbuffered output (the log tail of a crash is complete), then what every KFP task gets too: the
     object store's credentials and the published settings, by reference. No PET_*: the operators own those."""
-    return [{"name": "PYTHONUNBUFFERED", "value": "1"}, *profiles.pod_env(profile)]
+    return [{"name": "PYTHONUNBUFFERED", "value": "1"}, {"name": "HOME", "value": "/tmp"},
+            *profiles.pod_env(profile)]
 
 
 def _resources(c: ClusterConfig, profile: Profile) -> dict:
@@ -296,13 +297,14 @@ def _resources(c: ClusterConfig, profile: Profile) -> dict:
 
 def _security() -> dict:
     """The images run as uid 1000 and need no privilege (GPUs come through the device plugin). The root
-    filesystem stays writable: caches and the checkpoint scratch live under /tmp."""
+    filesystem is read-only: caches (HOME) and the checkpoint scratch live on the /tmp volume."""
     return {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+            "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"}}
 
 
-def _shm_mount() -> dict:
-    return {"name": "dshm", "mountPath": "/dev/shm"}
+def _mounts() -> list[dict]:
+    return [{"name": "dshm", "mountPath": "/dev/shm"}, {"name": "scratch", "mountPath": "/tmp"}]
 
 
 def _pod_placement(profile: Profile) -> dict:
@@ -310,7 +312,9 @@ def _pod_placement(profile: Profile) -> dict:
     place = profile.placement["train"]
     selector = profiles.node_selector(profile, "train")
     # NCCL and DataLoader workers need more than the runtime's 64 MB /dev/shm
-    pod: dict = {"volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": profile.shm_size}}]}
+    # /tmp: the node's disk (checkpoint scratch can be tens of GB), the only writable place besides /dev/shm
+    pod: dict = {"volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": profile.shm_size}},
+                             {"name": "scratch", "emptyDir": {}}]}
     if selector:
         pod["nodeSelector"] = selector
     if place.tolerations:
