@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 from ovpipe import manifest, steps, storage
@@ -64,21 +65,40 @@ def run_steps(store: str, run_id: str, chosen, env: dict | None = None, log=prin
     for folder, step, dataset in chosen:
         kills[folder] = 0
         while True:
-            proc = subprocess.run(_command(step, dataset, store, run_id), env={**os.environ, **(env or {})},
-                                  capture_output=True, text=True)
+            rc, out = _run_as_a_pod(_command(step, dataset, store, run_id), {**os.environ, **(env or {})})
             if log_dir:
                 os.makedirs(log_dir, exist_ok=True)
                 with open(os.path.join(log_dir, f"{run_id}.{folder}.{kills[folder]}.log"), "w") as f:
-                    f.write(proc.stdout + proc.stderr)
-            if proc.returncode == 0:
+                    f.write(out)
+            if rc == 0:
                 break
-            if proc.returncode == -signal.SIGKILL and "ovpipe fault:" in proc.stderr and kills[folder] < 5:
+            if rc == -signal.SIGKILL and "ovpipe fault:" in out and kills[folder] < 5:
                 kills[folder] += 1
-                log(f"  {folder}: killed by its fault ({proc.stderr.strip().splitlines()[-1]}); rerunning")
+                fault = next(line for line in out.splitlines() if line.startswith("ovpipe fault:"))
+                log(f"  {folder}: killed by its fault ({fault}); rerunning")
                 continue
-            raise RuntimeError(f"{folder} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n"
-                               f"{proc.stderr[-4000:]}")
+            raise RuntimeError(f"{folder} failed (exit {rc}):\n{out[-6000:]}")
     return kills
+
+
+def _run_as_a_pod(cmd: list[str], env: dict, timeout: float = 3600) -> tuple[int, str]:
+    """Run a step in its own process group and, when it ends, end the group as a pod's end would: a
+    step killed mid-way can leave helper processes behind (checkpoint writers, compile workers)."""
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            rc = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            rc = None
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if rc is None:
+            proc.wait()
+            raise RuntimeError(f"{' '.join(cmd[:4])}: still running after {timeout:.0f} s")
+        out.seek(0)
+        return rc, out.read()
 
 
 def fingerprint(store: str, run_id: str, chosen) -> dict:
