@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 
 import pyarrow as pa
@@ -10,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from ovpipe.data.shards import ShardReport, TarWriter, iter_samples
+from ovpipe.data.shards import ShardReport, TarWriter, iter_samples, list_shards
 from ovpipe.sharded import make_context
 from ovpipe.steps import run as run_step
 from tests.helpers import SMALL, TINY
@@ -115,3 +116,13 @@ def test_parquet_input_runs_through_embed(tmp_path):
                              "caption": ["a gray square on a plain background"] * 12}), inp / "part-0.parquet")
     ctx = make_context(TINY, str(tmp_path / "store"), "pq", SMALL, input_uri=str(inp))
     assert run_step(ctx, "embed")["counts"] == {"in": 12, "out": 12, "rejected": {}}
+
+
+def test_img2dataset_metadata_parquet_beside_its_tar_is_not_a_shard(tmp_path, caplog):
+    for name in ("00000.tar", "00000.parquet", "00000_stats.json", "00001.parquet", "_SUCCESS"):
+        (tmp_path / name).write_bytes(b"")
+    names = lambda fmt: [os.path.basename(u) for u in list_shards(str(tmp_path), fmt)]  # noqa: E731
+    assert names("auto") == ["00000.tar", "00001.parquet"]
+    assert "00000_stats.json" in caplog.text and "_SUCCESS" in caplog.text  # passed over, but said
+    assert names("webdataset") == ["00000.tar"]
+    assert names("parquet") == ["00000.parquet", "00001.parquet"]

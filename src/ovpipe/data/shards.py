@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import pyarrow as pa
 from ovpipe import faults, storage
 from ovpipe.data import tables
 
+log = logging.getLogger("ovpipe")
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 SHARD_SUFFIXES = (".tar", ".parquet")
 
@@ -63,10 +65,26 @@ def sniff_ext(data: bytes) -> str:
     return "webp" if data[8:12] == b"WEBP" else "img"
 
 
-def list_shards(prefix: str) -> list[str]:
-    shards = [u for u in storage.list_uris(prefix) if u.endswith(SHARD_SUFFIXES)]
+def list_shards(prefix: str, fmt: str = "auto") -> list[str]:
+    """The input shards under a folder/prefix, sorted. `fmt` webdataset: the .tar files; parquet: the
+    .parquet files; auto: both, except a .parquet beside a .tar of the same name (img2dataset writes
+    its per-shard metadata so: no images in it). What is passed over is logged, never dropped unsaid."""
+    uris = storage.list_uris(prefix)
+    tars = {u[:-len(".tar")] for u in uris if u.endswith(".tar")}
+    if fmt == "webdataset":
+        shards = [u for u in uris if u.endswith(".tar")]
+    elif fmt == "parquet":
+        shards = [u for u in uris if u.endswith(".parquet")]
+    else:
+        shards = [u for u in uris
+                  if u.endswith(".tar") or (u.endswith(".parquet") and u[:-len(".parquet")] not in tars)]
+    chosen = set(shards)
+    skipped = [storage.basename(u) for u in uris if u not in chosen]
+    if skipped:
+        log.warning("%s: %d files are not %s shards and are not read: %s%s", prefix, len(skipped),
+                    {"auto": "tar or parquet"}.get(fmt, fmt), ", ".join(skipped[:8]), " …" if len(skipped) > 8 else "")
     if not shards:
-        raise storage.NotFound(f"{prefix}: no .tar or .parquet shards found")
+        raise storage.NotFound(f"{prefix}: no {'.tar or .parquet' if fmt == 'auto' else fmt} shards found")
     return shards
 
 

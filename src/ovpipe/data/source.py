@@ -8,16 +8,16 @@ from ovpipe.data.shards import list_shards
 
 
 @functools.lru_cache(maxsize=8)
-def _listing(store: str, run_id: str, input_uri: str | None) -> tuple[str, ...]:
+def _listing(store: str, run_id: str, input_uri: str | None, fmt: str) -> tuple[str, ...]:
     if input_uri:
-        return tuple(list_shards(input_uri))
+        return tuple(list_shards(input_uri, fmt))
     body = manifest.read(storage.join(store, run_id, "synth", "manifest.json"))
     return tuple(o["uri"] for o in body["outputs"])
 
 
 def input_shards(ctx) -> list[str]:
     """The run's input shard URIs, sorted; index i is shard i of every per-shard step."""
-    return list(_listing(ctx.store, ctx.run_id, ctx.recipe.data.input))
+    return list(_listing(ctx.store, ctx.run_id, ctx.recipe.data.input, ctx.recipe.data.format))
 
 
 def input_refs(ctx) -> list[dict]:

@@ -42,7 +42,7 @@ def dataset_shards(ctx, dataset: str) -> list[str]:
         return [o["uri"] for o in body["outputs"] if o["uri"].endswith(".tar")]
     cfg = stage_config(ctx, dataset)
     if cfg.input:
-        return list_shards(cfg.input)
+        return list_shards(cfg.input, ctx.recipe.data.format)
     body = manifest.read(ctx.uri(step_name("synth", dataset), "manifest.json"))
     return [o["uri"] for o in body["outputs"]]
 
