@@ -21,13 +21,21 @@ def test_good_captions_pass():
 
 
 def test_reasons_are_the_documented_ones():
-    assert REASONS == ("caption_empty", "too_short", "too_long", "wrong_language", "repetition", "refusal")
+    assert REASONS == ("caption_empty", "control_chars", "too_short", "too_long", "wrong_language", "repetition",
+                       "refusal")
 
 
 @pytest.mark.parametrize("lang", ["en", "zh"])
 @pytest.mark.parametrize("text", ["", "   ", "\n\t "])
 def test_empty(text, lang):
     assert reason(text, lang) == "caption_empty"
+
+
+@pytest.mark.parametrize("text", [EN_OK[:20] + "\x00" + EN_OK[20:], EN_OK + "\x1b[31m", EN_OK + "\ud800",
+                                  EN_OK + "\U000e0fff"])
+def test_control_characters(text):
+    assert reason(text, "en") == "control_chars"
+    assert reason(EN_OK.replace(" ", "\t", 2) + "\n", "en") is None  # tabs and newlines are whitespace
 
 
 def test_word_count():

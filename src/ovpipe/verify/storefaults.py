@@ -75,10 +75,12 @@ def run(workdir: str, every: int = 4, restarts: int = 2, log=print) -> dict:
         copy = os.path.join(workdir, "store-copy")
         storage.download_tree(STORE, copy)
         scanned, found = secretscan.scan([copy, logs], known=[s3.access_key, s3.secret_key])
+    digest = lambda fp: storage.sha256_bytes(json.dumps(fp, sort_keys=True).encode())[:16]  # noqa: E731
     report = {
-        "steps": [f for f, _, _ in chosen], "proxy": {"requests": requests, "faulted": sum(counts.values()), **counts,
-                                                      "identical": proxied == want,
-                                                      "differ": sorted(f for f in want if proxied.get(f) != want[f])},
+        "steps": [f for f, _, _ in chosen],
+        "digests": {"clean": digest(want), "proxied": digest(proxied), "restarted": digest(restarted)},
+        "proxy": {"requests": requests, "faulted": sum(counts.values()), **counts, "identical": proxied == want,
+                  "differ": sorted(f for f in want if proxied.get(f) != want[f])},
         "restart": {"restarts": len(downtimes), "downtime_s": downtimes, "identical": restarted == want,
                     "differ": sorted(f for f in want if restarted.get(f) != want[f])},
         "partial_objects": partial, "secrets": {"files": scanned, "found": found},
