@@ -72,6 +72,17 @@ def rejects_table(rows: list[tuple[str, str, str]], shard: int) -> pa.Table:
                      "detail": [r[2] for r in rows], "shard": [shard] * len(rows)}, schema=REJECTS_SCHEMA)
 
 
+def first_copies(keys: list[str]) -> list[int | None]:
+    """For each key, the position of its first occurrence when it is a repeat, else None: a key in two
+    input shards is one sample twice, and the first copy is the one that goes on."""
+    first: dict[str, int] = {}
+    out: list[int | None] = []
+    for i, k in enumerate(keys):
+        out.append(first.get(k))
+        first.setdefault(k, i)
+    return out
+
+
 def count_reasons(rows: list[tuple[str, str, str]], into: dict[str, int] | None = None) -> dict[str, int]:
     counts = {} if into is None else into
     for _, reason, _ in rows:

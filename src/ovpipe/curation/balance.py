@@ -66,16 +66,10 @@ def run(ctx: Context) -> dict:
     cfg, seed = ctx.recipe.balance, ctx.recipe.seed
     vocab = load_concepts(ctx.recipe.concepts.vocab)
     all_ids, uid, shard, topk = _load(ctx)
-    # A key in two input shards is one sample twice: the first shard's copy stays in the draw.
-    first: dict[str, int] = {}
-    unique = np.ones(len(all_ids), bool)
-    duplicates = []
-    for i, k in enumerate(all_ids):
-        if k in first:
-            unique[i] = False
-            duplicates.append((k, "duplicate_key", f"also in input shard {first[k]}"))
-        else:
-            first[k] = int(shard[i])
+    copies = sharded.first_copies(all_ids)  # the first shard's copy of a repeated key stays in the draw
+    unique = np.array([c is None for c in copies], bool)
+    duplicates = [(k, "duplicate_key", f"also in input shard {int(shard[c])}")
+                  for k, c in zip(all_ids, copies) if c is not None]
     ids = [k for k, u in zip(all_ids, unique) if u]
     uid, shard, topk = uid[unique], shard[unique], topk[unique]
     counts = balancing.concept_counts(topk, len(vocab))

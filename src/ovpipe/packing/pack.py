@@ -50,13 +50,12 @@ def plan(ctx: Context, dataset: str) -> dict:
 def _plan(ctx: Context, dataset: str) -> None:
     cfg, step = ctx.recipe.packing, step_name("pack", dataset)
     t = _load_lengths(ctx, dataset)
-    # A key in two input shards (lengths saw each shard alone) is one sample twice: the first copy is packed.
-    ids_sorted = t.column("id").to_pylist()
-    again = np.array([i > 0 and ids_sorted[i - 1] == k for i, k in enumerate(ids_sorted)], bool)
-    shards_sorted = t.column("shard").to_numpy()
-    duplicates = [(ids_sorted[i], "duplicate_key", f"input shard {int(shards_sorted[i])}: also in an earlier shard")
-                  for i in np.flatnonzero(again)]
-    t = t.filter(pa.array(~again)) if len(again) else t
+    # lengths saw each shard alone: a key in two of them is packed once (its copy in the first shard)
+    ids, shards = t.column("id").to_pylist(), t.column("shard").to_numpy()
+    copies = sharded.first_copies(ids)
+    duplicates = [(k, "duplicate_key", f"input shard {int(shards[i])}: also in input shard {int(shards[c])}")
+                  for i, (k, c) in enumerate(zip(ids, copies)) if c is not None]
+    t = t.filter(pa.array([c is None for c in copies], pa.bool_())) if duplicates else t
     lengths = t.column("length").to_numpy().astype(np.int64)
     n_img = t.column("n_images").to_numpy().astype(np.int64)
     img_tok = t.column("image_tokens").to_numpy().astype(np.int64)
