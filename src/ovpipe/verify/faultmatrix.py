@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -74,7 +75,7 @@ def run_steps(store: str, run_id: str, chosen, env: dict | None = None, log=prin
                 break
             if rc == -signal.SIGKILL and "ovpipe fault:" in out and kills[folder] < 5:
                 kills[folder] += 1
-                fault = next(line for line in out.splitlines() if line.startswith("ovpipe fault:"))
+                fault = re.search(r"ovpipe fault: [^\n\r]*", out).group(0)  # may follow a progress bar's \r
                 log(f"  {folder}: killed by its fault ({fault}); rerunning")
                 continue
             raise RuntimeError(f"{folder} failed (exit {rc}):\n{out[-6000:]}")
