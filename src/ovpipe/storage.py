@@ -289,6 +289,42 @@ def open_read(uri: str) -> IO[bytes]:
         raise NotFound(f"open {uri}: no such file") from exc
 
 
+class _S3Ranges(io.RawIOBase):
+    """A seekable S3 object read by ranged GETs, each retried (a body cut short is asked for again): what
+    pyarrow opens parquet through, so its reads get the same retries as every other read here."""
+
+    def __init__(self, uri: str):
+        bucket, key = split_s3(uri)
+        head = _retry("stat", uri, lambda: s3_client().head_object(Bucket=bucket, Key=key))
+        self.uri, self.size, self.pos = uri, head["ContentLength"], 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self.pos = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence] + offset
+        return self.pos
+
+    def readinto(self, b) -> int:
+        data = read_range(self.uri, self.pos, min(self.pos + len(b), self.size))
+        b[:len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
+def open_seekable(uri: str) -> IO[bytes]:
+    """A seekable binary reader (S3: ranged reads, retried); use it in `with`."""
+    if is_remote(uri):
+        return io.BufferedReader(_S3Ranges(uri), buffer_size=1 << 20)
+    return open_read(uri)
+
+
 def exists(uri: str) -> bool:
     if is_remote(uri):
         bucket, key = split_s3(uri)
