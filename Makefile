@@ -87,7 +87,7 @@ schedule-eval: install
 test: install tools
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# Reliability and security, with numbers (~30 min; QUICK=1 ~10): fuzzing (FUZZ examples per test), the bad-input
+# Reliability and security, with numbers (~35 min; QUICK=1 ~15): fuzzing (FUZZ examples per test), the bad-input
 # corpus through the whole DAG, the fault matrix, store faults, the secret scan; one table at the end.
 verify: install tools
 	mkdir -p build/verify
