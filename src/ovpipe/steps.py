@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
+from ovpipe import faults
+
 DATASETS = ("mid", "stage1", "sft")
 
 
@@ -79,8 +81,6 @@ def module(name: str):
 
 def run(ctx, name: str, shards: str = "all", workers: int = 1, dataset: str = "mid") -> dict:
     """Run every phase of a data step over `shards` and write its manifest (what `ovpipe <step>` does)."""
-    from ovpipe import faults
-
     mod = module(name)
     kw = {"dataset": dataset} if name in DATASET_STEPS else {}
     with faults.active(folder(name, dataset)):

@@ -558,15 +558,14 @@ def localize(uri: str, cache_dir: str | None = None) -> str:
             raise NotFound(f"localize {uri}: no such file or folder")
         return path
     cache = cache_dir or os.environ.get("OVPIPE_CACHE", os.path.join(tempfile.gettempdir(), "ovpipe-cache"))
-    single = exists(uri)
-    if single:
-        bucket, key = split_s3(uri)
+    bucket, key = split_s3(uri)
+    try:  # one object, or (NotFound) a folder of them
         head = _retry("stat", uri, lambda: s3_client().head_object(Bucket=bucket, Key=key))
-        versions = [(uri, f"{head.get('ETag', '')}:{head.get('ContentLength', '')}")]
-    else:
-        versions = list_versions(uri)
+        single, versions = True, [(uri, f"{head.get('ETag', '')}:{head.get('ContentLength', '')}")]
+    except NotFound:
+        single, versions = False, list_versions(uri)
         if not versions:
-            raise NotFound(f"localize {uri}: no such object or prefix")
+            raise NotFound(f"localize {uri}: no such object or prefix") from None
     fingerprint = hashlib.sha256(json.dumps([uri, versions]).encode()).hexdigest()[:16]
     dest = os.path.join(cache, fingerprint, basename(uri))
     if os.path.exists(dest):

@@ -22,7 +22,6 @@ from ovpipe.data import tables
 
 log = logging.getLogger("ovpipe")
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-SHARD_SUFFIXES = (".tar", ".parquet")
 
 
 @dataclass
@@ -225,15 +224,11 @@ def _iter_parquet(uri: str, report: ShardReport, id_column: str, image_column: s
             for i in range(batch.num_rows):
                 yield _parquet_sample(rows, i, n, seen, id_column, image_column, caption_column)
                 n += 1
-    except storage.StorageError as exc:  # from opening it
+    except storage.StorageError as exc:  # the store's own failures (pyarrow passes them on) propagate
         if not isinstance(exc.__cause__, (pa.ArrowInvalid, pa.ArrowNotImplementedError)):
             raise
         report.add(f"not a readable parquet file: {exc}", n)
-    except (pa.ArrowException, OSError) as exc:
-        # pyarrow says OSError both for corrupt pages and for an S3 request that failed after its own
-        # retries: only the second is the store's fault, and a rerun should read the shard again.
-        if isinstance(exc, (ConnectionError, TimeoutError)) or "AWS Error" in str(exc):
-            raise storage.StorageError(f"read {uri}: {exc}") from exc
+    except (pa.ArrowException, OSError) as exc:  # corrupt pages: pyarrow says OSError for those too
         report.add(f"parquet read failed: {type(exc).__name__}: {exc}", n)
 
 
@@ -252,12 +247,13 @@ def _parquet_sample(rows: dict, i: int, n: int, seen: dict, id_column: str, imag
     image, err = _cell_bytes(_image_bytes(rows[image_column][i]) if image_column in rows else None, image_column)
     caption, cap_err = _cell_bytes(rows[caption_column][i] if caption_column in rows else None, caption_column)
     sample.image, sample.caption = image, caption
-    for col in ("json", "conversations"):
-        value = rows.get(col, [None] * (i + 1))[i]
-        if value is not None:
-            sample.members["json"] = (value.encode("utf-8") if isinstance(value, str) else value) \
-                if isinstance(value, (str, bytes)) else json.dumps({"conversations": value}).encode()
-            break
+    conversation = next((rows[c][i] for c in ("json", "conversations") if c in rows and rows[c][i] is not None), None)
+    if isinstance(conversation, str):
+        sample.members["json"] = conversation.encode("utf-8")
+    elif isinstance(conversation, bytes):
+        sample.members["json"] = conversation
+    elif conversation is not None:  # a list column of turns (LLaVA's `conversations`)
+        sample.members["json"] = json.dumps({"conversations": conversation}).encode()
     if err or cap_err:
         sample.error = err or cap_err
     elif image is None:
