@@ -1,8 +1,9 @@
 """Step `embed`: open_clip image embeddings per input shard.
 
-Decode → the model's own preprocessing → batched encode_image (GPU when present) → per-shard parquet
-(`id`, `embedding` float16 L2-normalized, `width`, `height`). Undecodable or too-small images become
-rejects with their reason.
+Decode straight to the model's input (`data/decode.py`: DCT-scaled JPEG decoding, EXIF orientation,
+one resize; open_clip's own preprocessing for a tower whose transform is not the standard one) →
+batched encode_image (GPU when present) → per-shard parquet (`id`, `embedding` float16
+L2-normalized, `width`, `height`). Undecodable or too-small images become rejects with their reason.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from tqdm import tqdm
 
 from ovpipe import sharded
 from ovpipe.data import source, tables
-from ovpipe.data.images import decode_image
+from ovpipe.data.decode import SquareInput, square_pixels
+from ovpipe.data.images import ImageError, decode_image
 from ovpipe.data.shards import ShardReport, iter_samples
 from ovpipe.models.clip import encode_images, load_clip
 from ovpipe.sharded import Context, ShardResult, shard_name
@@ -59,9 +61,17 @@ def embed_shard(ctx: Context, index: int) -> ShardResult:
     rejects: list[tuple[str, str, str]] = []
     ids, widths, heights, chunks, n_in = [], [], [], [], 0
 
+    square = SquareInput.of(preprocess)
+
     def prepare(sample):
         if sample.error:
             return sample.key, None, sample.error
+        if square is not None:
+            try:
+                pixels, size = square_pixels(sample.image, square.size, cfg.min_image_side)
+            except ImageError as exc:
+                return sample.key, None, (exc.reason, exc.detail)
+            return sample.key, (size, pixels), None
         image, err = decode_image(sample.image, cfg.min_image_side)
         return sample.key, (image.size, preprocess(image)) if image is not None else None, err
 
@@ -69,7 +79,8 @@ def embed_shard(ctx: Context, index: int) -> ShardResult:
 
     def flush():
         if batch:
-            pixels = torch.stack([b[1][1] for b in batch])
+            items = [b[1][1] for b in batch]
+            pixels = square.batch(items) if square is not None else torch.stack(items)
             chunks.append(encode_images(model, pixels, device))
             for key, (size, _) in batch:
                 ids.append(key)

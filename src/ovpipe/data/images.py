@@ -7,6 +7,7 @@ filters are process-wide and not thread-safe).
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 import warnings
@@ -24,18 +25,11 @@ class ImageError(ValueError):
         self.reason, self.detail = reason, detail
 
 
-def open_rgb(data: bytes | None, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """The image fully decoded (first frame of an animation) as RGB; ImageError with a reason
-    (corrupt_image | truncated_image | decompression_bomb) otherwise."""
-    if not data:
-        raise ImageError("corrupt_image", "empty image bytes")
+@contextlib.contextmanager
+def decoding_errors():
+    """What PIL raises on malformed data, as ImageError with a reason (truncated_image | corrupt_image)."""
     try:
-        im = Image.open(io.BytesIO(data))
-        w, h = im.size
-        if w * h > max_pixels:
-            raise ImageError("decompression_bomb", f"{w}x{h} = {w * h} pixels > {max_pixels}")
-        im.load()
-        return im if im.mode == "RGB" else _to_rgb(im)
+        yield
     except ImageError:
         raise
     except OSError as exc:
@@ -46,8 +40,24 @@ def open_rgb(data: bytes | None, max_pixels: int = MAX_PIXELS) -> Image.Image:
         raise ImageError("corrupt_image", f"{type(exc).__name__}: {exc}") from None
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
+def open_rgb(data: bytes | None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """The image fully decoded (first frame of an animation) as RGB; ImageError with a reason
+    (corrupt_image | truncated_image | decompression_bomb) otherwise."""
+    if not data:
+        raise ImageError("corrupt_image", "empty image bytes")
+    with decoding_errors():
+        im = Image.open(io.BytesIO(data))
+        w, h = im.size
+        if w * h > max_pixels:
+            raise ImageError("decompression_bomb", f"{w}x{h} = {w * h} pixels > {max_pixels}")
+        im.load()
+        return to_rgb(im)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
     """RGB from any mode (alpha dropped); 16-bit and float gray scaled to 8 bits, not clipped at 255."""
+    if im.mode == "RGB":
+        return im
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         import numpy as np
 
