@@ -103,3 +103,31 @@ def test_batch_normalizes_like_torchvision(preprocess):
     from torchvision.transforms import functional as TF
     ref = TF.normalize(TF.to_tensor(Image.fromarray(arr)), sq.mean, sq.std)
     assert torch.allclose(sq.batch([arr, arr])[1], ref, atol=1e-5)
+
+
+def test_device_batch_decides_like_the_cpu_path(preprocess):
+    """The GPU route (run here on the CPU): JPEGs through torchvision's decoder, the rest and the failures
+    through square_pixels; every image is a row or a reject with a reason of the CPU path."""
+    from ovpipe.data.decode import device_batch, header_size
+
+    sq = SquareInput.of(preprocess)
+    kinds = badinput.image_kinds(np.random.default_rng(0))
+    datas, names = [], []
+    for name, (_, data) in kinds.items():
+        try:
+            header_size(data, 8)  # what embed's reader threads check before the batch
+        except ImageError:
+            continue
+        datas.append(data)
+        names.append(name)
+    datas += [_bytes(_photo(900, 600, seed=5), "JPEG", quality=90), _bytes(_photo(300, 500), "PNG")]
+    pixels, ok, rejects = device_batch(datas, sq, "cpu")
+    assert sorted(ok + list(rejects)) == list(range(len(datas))) and pixels.shape == (len(ok), 3, 224, 224)
+    assert {r for r, _ in rejects.values()} <= {"corrupt_image", "truncated_image"}
+    for row, i in zip(pixels, ok):
+        try:
+            ref = sq.batch([square_pixels(datas[i], sq.size)[0]])[0]
+        except ImageError:
+            continue  # torchvision's decoder is more lenient than PIL's with some broken bodies
+        assert (row - ref).abs().mean() < 0.1, names[i] if i < len(names) else i
+    assert len(datas) - 1 in ok and len(datas) - 2 in ok

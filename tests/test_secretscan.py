@@ -51,3 +51,37 @@ def test_nothing_the_project_ships_holds_a_secret(tmp_path):
     paths = [os.path.join(ROOT, p) for p in ("pipelines/compiled", "manifests", "configs")] + [str(rendered)]
     n, findings = scan(paths, trivy=tool("trivy"))
     assert n > 10 and findings == [], findings
+
+
+def _archive(tmp_path, files: dict[str, bytes]) -> str:
+    """A docker-archive (as `podman save` writes) with one layer holding `files`."""
+    import io
+    import json
+    import tarfile
+
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as t:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    path = tmp_path / "image.tar"
+    with tarfile.open(path, "w") as t:
+        for name, data in (("abc/layer.tar", layer.getvalue()),
+                           ("manifest.json", json.dumps([{"Layers": ["abc/layer.tar"]}]).encode())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return str(path)
+
+
+def test_image_layers_are_scanned_file_by_file(tmp_path):
+    from ovpipe.verify.imagescan import scan_archive
+
+    clean = _archive(tmp_path, {"opt/venv/x.py": b"print('hi')\n", "etc/os-release": b"ID=debian\n"})
+    assert scan_archive("img", clean, [b"Zq8sLpV3xW0mNn4RrT7y"]) == (2, [])
+    leaky = _archive(tmp_path, {"root/.aws/credentials": b"aws_access_key_id = AKIA2E0A8F3B244C9986\n",
+                                "app/run.log": b"key Zq8sLpV3xW0mNn4RrT7y\n"})
+    files, found = scan_archive("img", leaky, [b"Zq8sLpV3xW0mNn4RrT7y"])
+    assert files == 2 and {(f["file"].split(":")[-1], f["rule"]) for f in found} == {
+        ("root/.aws/credentials", "aws-access-key-id"), ("app/run.log", "known-credential-value")}

@@ -63,6 +63,7 @@ class EmbedConfig:
     precision: str = "fp32"  # fp32 | fp16 | bf16 (GPU)
     min_image_side: int = 8  # smaller images are rejected as too_small
     decode_threads: int = 2  # threads decoding + preprocessing images ahead of the model
+    gpu_decode: bool = True  # on a GPU, JPEGs are decoded there (nvjpeg); the CPU threads read headers only
 
 
 @dataclass

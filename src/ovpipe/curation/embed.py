@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from ovpipe import sharded
 from ovpipe.data import source, tables
-from ovpipe.data.decode import SquareInput, square_pixels
+from ovpipe.data.decode import SquareInput, device_batch, header_size, square_pixels
 from ovpipe.data.images import ImageError, decode_image
 from ovpipe.data.shards import ShardReport, iter_samples
 from ovpipe.models.clip import encode_images, load_clip
@@ -62,12 +62,15 @@ def embed_shard(ctx: Context, index: int) -> ShardResult:
     ids, widths, heights, chunks, n_in = [], [], [], [], 0
 
     square = SquareInput.of(preprocess)
+    on_device = square is not None and device == "cuda" and cfg.gpu_decode
 
     def prepare(sample):
         if sample.error:
             return sample.key, None, sample.error
         if square is not None:
             try:
+                if on_device:  # decoded with its batch in flush()
+                    return sample.key, (header_size(sample.image, cfg.min_image_side), sample.image), None
                 pixels, size = square_pixels(sample.image, square.size, cfg.min_image_side)
             except ImageError as exc:
                 return sample.key, None, (exc.reason, exc.detail)
@@ -78,15 +81,23 @@ def embed_shard(ctx: Context, index: int) -> ShardResult:
     batch: list[tuple[str, tuple]] = []
 
     def flush():
-        if batch:
-            items = [b[1][1] for b in batch]
+        if not batch:
+            return
+        items = [b[1][1] for b in batch]
+        kept = batch
+        if on_device:
+            pixels, ok, failed = device_batch(items, square, device)
+            rejects.extend((batch[i][0], *failed[i]) for i in sorted(failed))
+            kept = [batch[i] for i in ok]
+        else:
             pixels = square.batch(items) if square is not None else torch.stack(items)
+        if kept:
             chunks.append(encode_images(model, pixels, device))
-            for key, (size, _) in batch:
-                ids.append(key)
-                widths.append(size[0])
-                heights.append(size[1])
-            batch.clear()
+        for key, (size, _) in kept:
+            ids.append(key)
+            widths.append(size[0])
+            heights.append(size[1])
+        batch.clear()
 
     samples = iter_samples(uri, report, data.format, data.id_column, data.image_column, data.caption_column)
     with ThreadPoolExecutor(cfg.decode_threads) as pool:

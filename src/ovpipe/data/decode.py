@@ -73,21 +73,33 @@ def orientation(im: Image.Image) -> int:
     return value if value in _TRANSPOSE else 1
 
 
+def _checked(data: bytes | None, min_side: int, max_pixels: int) -> Image.Image:
+    """The image opened (header only) once its size passes the checks."""
+    if not data:
+        raise ImageError("corrupt_image", "empty image bytes")
+    im = Image.open(io.BytesIO(data))
+    w, h = im.size
+    if w * h > max_pixels:
+        raise ImageError("decompression_bomb", f"{w}x{h} = {w * h} pixels > {max_pixels}")
+    if min(w, h) < min_side:
+        raise ImageError("too_small", f"{w}x{h} < min side {min_side}")
+    return im
+
+
+def header_size(data: bytes | None, min_side: int = 1, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """The stored (width, height) of an image that passes the size checks; ImageError otherwise."""
+    with decoding_errors():
+        return _checked(data, min_side, max_pixels).size
+
+
 def square_pixels(data: bytes | None, size: int, min_side: int = 1,
                   max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, tuple[int, int]]:
     """(uint8 (size, size, 3) array shown upright, stored (width, height)); ImageError otherwise."""
-    if not data:
-        raise ImageError("corrupt_image", "empty image bytes")
     with decoding_errors():
-        im = Image.open(io.BytesIO(data))
+        im = _checked(data, min_side, max_pixels)
         w, h = im.size
-        if w * h > max_pixels:
-            raise ImageError("decompression_bomb", f"{w}x{h} = {w * h} pixels > {max_pixels}")
-        if min(w, h) < min_side:
-            raise ImageError("too_small", f"{w}x{h} < min side {min_side}")
         # the short side resized to `size`, as torchvision does: the long side int(size * long / short)
-        short, long_ = min(w, h), max(w, h)
-        long_out = int(size * long_ / short)
+        long_out = int(size * max(w, h) / min(w, h))
         if im.format == "JPEG" and im.mode in ("RGB", "YCbCr", "L"):
             # draft picks the largest DCT reduction keeping both sides ≥ the request
             im.draft(im.mode, (size, long_out) if w <= h else (long_out, size))
@@ -103,3 +115,30 @@ def square_pixels(data: bytes | None, size: int, min_side: int = 1,
         box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
         im = im.resize((size, size), Image.Resampling.BICUBIC, box=box, reducing_gap=REDUCING_GAP)
         return np.asarray(im), (w, h)
+
+
+def device_batch(datas: list[bytes], square: SquareInput, device: str) -> tuple[torch.Tensor, list[int], dict]:
+    """(pixels on `device` for the rows `ok`, ok, {index: (reason, detail)}) of images whose header
+    checks passed (`header_size`): JPEGs decoded by nvjpeg on a GPU (`gpu_decode`), and whatever it
+    cannot decode taken again by `square_pixels` on the CPU, which decides its reason."""
+    from ovpipe.data.gpu_decode import decode_resize_batch
+
+    dec = decode_resize_batch(datas, square.size, square.mean, square.std, device,
+                              fallback=_no_fallback, max_pixels=MAX_PIXELS)
+    rows = dict(zip(dec.ok, dec.pixels))
+    rejects, again = {}, []
+    for i in sorted(dec.failed):
+        try:
+            again.append((i, square_pixels(datas[i], square.size)[0]))
+        except ImageError as exc:
+            rejects[i] = (exc.reason, exc.detail)
+    if again:
+        cpu = square.batch([a for _, a in again]).to(device)
+        rows.update((i, row) for (i, _), row in zip(again, cpu))
+    ok = sorted(rows)
+    pixels = torch.stack([rows[i] for i in ok]) if ok else torch.empty(0, 3, square.size, square.size)
+    return pixels, ok, rejects
+
+
+def _no_fallback(data: bytes) -> np.ndarray:
+    raise ValueError("left to the CPU path")  # device_batch retries these with square_pixels

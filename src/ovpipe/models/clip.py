@@ -71,7 +71,9 @@ def load_clip(cfg: EmbedConfig, seed: int):
 
 @torch.no_grad()
 def encode_images(model, pixels: torch.Tensor, device: str) -> np.ndarray:
-    out = model.encode_image(pixels.to(device), normalize=True)
+    # open_clip's fp16/bf16 towers hold low-precision weights and take inputs of the same type
+    dtype = next(model.visual.parameters()).dtype
+    out = model.encode_image(pixels.to(device=device, dtype=dtype), normalize=True)
     return out.float().cpu().numpy()
 
 

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from ovpipe.verify import accounting, badinput, faultmatrix, secretscan, storefaults
+from ovpipe.verify import accounting, badinput, faultmatrix, imagescan, secretscan, storefaults
 
 TRAIN_SHORT = [o for o in faultmatrix.OVERRIDES if o.startswith(("vit.", "train.", "eval."))]
 
@@ -74,6 +74,8 @@ def table(r: dict) -> str:
                                   f"{sf['restart']['restarts']} SeaweedFS restarts: "
                                   f"{'same digests' if sf['restart']['identical'] else 'DIGESTS DIFFER'}"),
         ("secrets found", f"{len(sec['found'])} in {sec['files']} files"),
+        ("images", "; ".join(f"{i['image']}: {len(i['found'])} secrets in {i['files']} layer files, runs as "
+                             f"{i['user'] or 'root'}" for i in sec["images"]) or "none built here (make images)"),
         ("determinism checks passed", f"{det[0]} / {det[1]}"),
     ]
     width = max(len(k) for k, _ in rows)
@@ -85,7 +87,8 @@ def passed(r: dict) -> bool:
     return (bad["exit_code"] == 0 and all(not d["missing"] and not d["unexpected"] for d in bad["datasets"].values())
             and fm["injected"] > 0 and fm["injected"] == fm["survived"]
             and sf["proxy"]["identical"] and sf["restart"]["identical"] and not sf["partial_objects"]
-            and not r["secrets"]["found"])
+            and not r["secrets"]["found"]
+            and all(i["non_root"] and not i["found"] for i in r["secrets"]["images"]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,8 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     files, found = secretscan.scan(paths, list(canaries.values()), trivy if os.access(trivy, os.X_OK) else None)
     store_secrets = report["store_faults"]["secrets"]
     report["secrets"] = {"files": files + store_secrets["files"], "found": found + store_secrets["found"],
-                         "chart_rendered": bool(chart), "trivy": os.access(trivy, os.X_OK),
-                         "image_layers": "not scanned here (scan them with trivy image after make images)"}
+                         "chart_rendered": bool(chart), "trivy": os.access(trivy, os.X_OK)}
+    images = imagescan.local_images()
+    log(f"image layers: {', '.join(images) or 'no images built'}")
+    report["secrets"]["images"] = imagescan.scan(images, list(canaries.values()),
+                                                 trivy if os.access(trivy, os.X_OK) else None)
     if args.fuzz and os.path.exists(args.fuzz):
         with open(args.fuzz) as f:
             report["fuzz"] = json.load(f)

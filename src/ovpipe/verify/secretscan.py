@@ -44,9 +44,25 @@ def _mask(value: bytes) -> str:
     return text[:4] + "…" if len(text) > 4 else "…"
 
 
+def findings_in(label: str, data: bytes, needles: list[bytes]) -> list[dict]:
+    """The known values and token shapes in one file's bytes."""
+    out = [{"file": label, "rule": "known-credential-value", "excerpt": _mask(n)} for n in needles if n in data]
+    for rule, pattern in PATTERNS.items():
+        for m in pattern.finditer(data):
+            value = m.group(1) if m.groups() else m.group(0)
+            if rule == "credential-assignment" and not _GENERATED.match(value):
+                continue
+            out.append({"file": label, "rule": rule, "excerpt": _mask(value)})
+    return out
+
+
+def needles_of(known) -> list[bytes]:
+    return [k.encode() for k in known if k and len(k) >= 8]
+
+
 def scan(paths: list[str], known: list[str] = (), trivy: str | None = None) -> tuple[int, list[dict]]:
     """(files scanned, findings [{file, rule, excerpt}])."""
-    needles = [k.encode() for k in known if k and len(k) >= 8]
+    needles = needles_of(known)
     findings, n = [], 0
     for path in _files(paths):
         try:
@@ -55,27 +71,21 @@ def scan(paths: list[str], known: list[str] = (), trivy: str | None = None) -> t
         except OSError:
             continue
         n += 1
-        for needle in needles:
-            if needle in data:
-                findings.append({"file": path, "rule": "known-credential-value", "excerpt": _mask(needle)})
-        for rule, pattern in PATTERNS.items():
-            for m in pattern.finditer(data):
-                value = m.group(1) if m.groups() else m.group(0)
-                if rule == "credential-assignment" and not _GENERATED.match(value):
-                    continue
-                findings.append({"file": path, "rule": rule, "excerpt": _mask(value)})
+        findings += findings_in(path, data, needles)
     if trivy:
         findings += trivy_scan(paths, trivy)
     return n, findings
 
 
-def trivy_scan(paths: list[str], trivy: str) -> list[dict]:
-    """trivy's secret scanner (no vulnerability database, so it runs offline) over each path."""
+def trivy_scan(paths: list[str], trivy: str, kind: str = "fs") -> list[dict]:
+    """trivy's secret scanner (no vulnerability database, so it runs offline) over each path: folders
+    (kind fs) or saved image archives (kind image)."""
     out = []
     for path in paths:
-        proc = subprocess.run([trivy, "fs", "--scanners", "secret", "--format", "json", "--quiet",
-                               "--skip-db-update", "--skip-version-check", path],
-                              capture_output=True, text=True, timeout=600)
+        target = ["--input", path] if kind == "image" else [path]
+        proc = subprocess.run([trivy, kind, "--scanners", "secret", "--format", "json", "--quiet",
+                               "--skip-db-update", "--skip-version-check", *target],
+                              capture_output=True, text=True, timeout=1800)
         if proc.returncode:
             raise RuntimeError(f"trivy failed on {path}: {proc.stderr[-2000:]}")
         for result in json.loads(proc.stdout or "{}").get("Results") or []:
