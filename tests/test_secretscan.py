@@ -79,9 +79,17 @@ def test_image_layers_are_scanned_file_by_file(tmp_path):
     from ovpipe.verify.imagescan import scan_archive
 
     clean = _archive(tmp_path, {"opt/venv/x.py": b"print('hi')\n", "etc/os-release": b"ID=debian\n"})
-    assert scan_archive("img", clean, [b"Zq8sLpV3xW0mNn4RrT7y"]) == (2, [])
+    assert scan_archive("img", clean, [b"Zq8sLpV3xW0mNn4RrT7y"]) == (
+        {"files": 2, "third_party_files": 0, "third_party_token_shapes": 0}, [])
+    vendor = "opt/venv/lib/python3.11/site-packages/botocore/examples.json"
     leaky = _archive(tmp_path, {"root/.aws/credentials": b"aws_access_key_id = AKIA2E0A8F3B244C9986\n",
-                                "app/run.log": b"key Zq8sLpV3xW0mNn4RrT7y\n"})
-    files, found = scan_archive("img", leaky, [b"Zq8sLpV3xW0mNn4RrT7y"])
-    assert files == 2 and {(f["file"].split(":")[-1], f["rule"]) for f in found} == {
-        ("root/.aws/credentials", "aws-access-key-id"), ("app/run.log", "known-credential-value")}
+                                "app/run.log": b"key Zq8sLpV3xW0mNn4RrT7y\n",
+                                "opt/venv/lib/python3.11/site-packages/ovpipe/x.py": b"k = 'AKIA2E0A8F3B244C9986'\n",
+                                vendor: b'{"AccessKeyId": "AKIAIOSFODNN7EXAMPLE"}',
+                                "usr/lib/libx.so": b"\0Zq8sLpV3xW0mNn4RrT7y\0"})
+    counts, found = scan_archive("img", leaky, [b"Zq8sLpV3xW0mNn4RrT7y"])
+    assert counts == {"files": 5, "third_party_files": 2, "third_party_token_shapes": 1}
+    assert {(f["file"].split(":")[-1], f["rule"]) for f in found} == {
+        ("root/.aws/credentials", "aws-access-key-id"), ("app/run.log", "known-credential-value"),
+        ("opt/venv/lib/python3.11/site-packages/ovpipe/x.py", "aws-access-key-id"),
+        ("usr/lib/libx.so", "known-credential-value")}  # a known value counts in any file

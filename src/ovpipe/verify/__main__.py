@@ -74,8 +74,10 @@ def table(r: dict) -> str:
                                   f"{sf['restart']['restarts']} SeaweedFS restarts: "
                                   f"{'same digests' if sf['restart']['identical'] else 'DIGESTS DIFFER'}"),
         ("secrets found", f"{len(sec['found'])} in {sec['files']} files"),
-        ("images", "; ".join(f"{i['image']}: {len(i['found'])} secrets in {i['files']} layer files, runs as "
-                             f"{i['user'] or 'root'}" for i in sec["images"]) or "none built here (make images)"),
+        ("images", "; ".join(f"{i['image']}: {len(i['found'])} secrets in {i['files']} layer files "
+                             f"({i['third_party_token_shapes']} vendor examples in {i['third_party_files']} "
+                             f"package files), runs as {i['user'] or 'root'}" for i in sec["images"])
+         or "none built here (make images)"),
         ("determinism checks passed", f"{det[0]} / {det[1]}"),
     ]
     width = max(len(k) for k, _ in rows)
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.pop(k, None)
     report["store_faults"] = storefaults.run(os.path.join(workdir, "store-faults"), restarts=1 if args.quick else 2,
                                              log=log)
-    paths = ["pipelines/compiled", "manifests", "configs", os.path.join(workdir, "bad-store"),
+    paths = ["src", "components", "pipelines", "manifests", "configs", os.path.join(workdir, "bad-store"),
              os.path.join(workdir, "faults"), os.path.join(workdir, "logs")]
     chart = rendered_chart(workdir)
     paths += [chart] if chart else []

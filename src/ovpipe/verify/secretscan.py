@@ -77,12 +77,13 @@ def scan(paths: list[str], known: list[str] = (), trivy: str | None = None) -> t
     return n, findings
 
 
-def trivy_scan(paths: list[str], trivy: str, kind: str = "fs") -> list[dict]:
+def trivy_scan(paths: list[str], trivy: str, kind: str = "fs", skip_dirs: list[str] = ()) -> list[dict]:
     """trivy's secret scanner (no vulnerability database, so it runs offline) over each path: folders
     (kind fs) or saved image archives (kind image)."""
     out = []
     for path in paths:
         target = ["--input", path] if kind == "image" else [path]
+        target += [a for d in skip_dirs for a in ("--skip-dirs", d)]
         proc = subprocess.run([trivy, kind, "--scanners", "secret", "--format", "json", "--quiet",
                                "--skip-db-update", "--skip-version-check", *target],
                               capture_output=True, text=True, timeout=1800)
