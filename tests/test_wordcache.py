@@ -5,7 +5,7 @@ import random
 import pytest
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 
-from ovpipe.packing import wordcache
+from ovpipe.packing import pretok, wordcache
 from ovpipe.packing.bpe import ByteLevelBPE
 from ovpipe.packing.wordcache import WordCache, ascii_pattern, split_pattern
 
@@ -96,3 +96,80 @@ def test_cache_is_bounded(monkeypatch):
     for i in range(0, len(texts), 10):
         assert cache.count(texts[i:i + 10]) == direct[i:i + 10]
         assert len(cache.words.ids) <= 50 + 30  # one batch's words at most beyond the bound
+
+
+# ---------------------------------------------------------------- the whole-text counter (pretok)
+
+POOL = ("abcxyzSTMDREVL'''   \t\n\n\r\x0b\x0c\x1c\x85\xa0\u3000\u2028.,!?-\"()~" "0123456789"
+        "两个红色的圆蓝星，。、；：“”（）" "éè\u0301ſ١²½😀한국Жж\u0e31" "sstmdrevll")
+
+
+def _noise(rng, n):
+    return ["".join(rng.choice(POOL) for _ in range(rng.randint(0, 40))) for _ in range(n)]
+
+
+def _scan(text, mode):
+    data = __import__("numpy").frombuffer(text.encode(), "uint8")
+    out, i = [], 0
+    while i < len(data):
+        j = pretok.next_token(data, i, len(data), mode, pretok.classes())
+        if j < 0:
+            return None
+        out.append(bytes(data[i:j]).decode())
+        i = j
+    return out
+
+
+@pytest.mark.parametrize("pattern", sorted(pretok.PATTERNS))
+def test_scanner_splits_as_the_regex(pattern):
+    import regex
+
+    mode, rx = pretok.PATTERNS[pattern], regex.compile(pattern)
+    rng = random.Random(5)
+    texts = _noise(rng, 4000) + _texts(rng, 300) + ["", " ", "  ", " \n ", "'s", "'S", "'ll'", "a'", "\r\n\r\nx"]
+    undecided = 0
+    for t in texts:
+        got = _scan(t, mode)
+        if got is None:  # only Qwen's case-folded contraction of the long s
+            assert mode == pretok.QWEN2 and "'ſ" in t
+            undecided += 1
+            continue
+        assert got == rx.findall(t), t
+    assert undecided < len(texts) // 10
+
+
+MIXED = "The 2 dogs' owner said: “两个人沿着海滩散步。” It's 3.5km—ok?\n\n一只猫，坐在红色的木桌上；旁边是明亮窗户。"
+
+
+def _mixed(rng, n):
+    out = []
+    for t in _texts(rng, n):
+        k = rng.randrange(len(MIXED))
+        out.append(rng.choice([t, MIXED[k:] + t, t + MIXED[:k], t[:len(t) // 2] + MIXED + t[len(t) // 2:]]))
+    return out
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_whole_text_counts_equal_tokenizer(shape, monkeypatch):
+    monkeypatch.setattr(pretok, "SLOTS_BITS", 8)  # a tiny cache: cleared many times below
+    monkeypatch.setattr(pretok, "ARENA_BYTES", 3000)
+    tk = SHAPES[shape]()
+    cache = WordCache(tk)
+    assert cache.enabled and cache._counter is not None
+    rng = random.Random(6)
+    texts = _mixed(rng, 1500) + _noise(rng, 1500) + ["", "x", "'ſ x", "a" * 200, "两" * 300, "\n" * 70]
+    direct = [len(e.ids) for e in tk.encode_batch(texts, add_special_tokens=False)]
+    for _ in range(2):  # cold, then warm
+        assert cache.count(texts) == direct
+    for i in range(0, len(texts), 97):  # small batches, as one shard after another
+        assert cache.count(texts[i:i + 97]) == direct[i:i + 97]
+    state = cache._counter.cache[-1]
+    assert state[0] * 2 <= 1 << 8 and state[1] <= 3000, "the cache stays within its bounds"
+
+
+def test_long_words_through_the_heap():
+    tk = SHAPES["qwen"]()
+    bpe = ByteLevelBPE.from_spec(__import__("json").loads(tk.to_str())["model"])
+    rng = random.Random(7)
+    words = ["".join(rng.choice(CJK) for _ in range(k)) for k in (1, 2, 30, 100, 400)] + ["ab" * 300, " " * 500]
+    assert bpe.encode(words) == [tk.encode(w, add_special_tokens=False).ids for w in words]

@@ -3,11 +3,12 @@
 For a pre-token ("word") of n bytes: start from one symbol per byte, then repeatedly apply the
 lowest-ranked merge among adjacent pairs, the leftmost first on ties, as `tokenizers` does (a heap of
 (rank, position), stale entries skipped). Merges are an open-addressing hash table of (left id,
-right id) -> (rank, merged id). About 10x faster than the tokenizer on long words (runs of CJK
-characters are one pre-token each), and no Python object per word.
+right id) -> rank, plus merged id per rank. No Python object per word; `merge_word` is also called
+from numba (`pretok.count_texts`). A linear scan for the minimum pair instead of the heap was tried
+and measured slower on CJK runs (10-40 bytes), so there is one code path.
 
 Built from a tokenizer.json (`ByteLevelBPE.from_spec`); `None` for tokenizers of another shape.
-The caller (sequence._WordCache) still checks the result against the tokenizer before using it.
+The caller (wordcache.WordCache) still checks the result against the tokenizer before using it.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numba
 import numpy as np
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+NO_MERGE = 1 << 40  # above any rank (ranks < 2**32)
 
 
 def byte_to_unicode() -> dict[int, str]:
@@ -50,67 +52,83 @@ def _build(left, right, bits):
     return keys, vals
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _rank(a, b, keys, vals, bits):
+    """Rank of the merge (a, b), or NO_MERGE."""
+    key = (a << 32) | b
+    mask = (1 << bits) - 1
+    j = _slot(key, bits)
+    while keys[j] != -1 and keys[j] != key:
+        j = (j + 1) & mask
+    return vals[j] if keys[j] != -1 else NO_MERGE
+
+
 @numba.njit(cache=True, nogil=True)
-def _encode_words(data, starts, byte_id, keys, vals, merged, bits, out):
+def merge_word(data, s, n, byte_id, keys, vals, merged, bits, sym, rk, nxt, heap):
+    """BPE of the word data[s:s+n] (n >= 1): its ids end up in sym[:count]; returns count.
+
+    A heap of (rank << 32 | position) over adjacent pairs, popped lowest rank first, leftmost on ties,
+    as tokenizers does. rk[p] is the live rank of the pair at p, so stale entries are told apart
+    without a hash lookup. At most n - 1 + 2 per merge pushes."""
+    prv = nxt[n:]
+    for i in range(n):
+        sym[i] = byte_id[data[s + i]]
+        nxt[i] = i + 1 if i + 1 < n else -1
+        prv[i] = i - 1
+    size = 0
+    rk[n - 1] = NO_MERGE
+    for i in range(n - 1):
+        rk[i] = _rank(sym[i], sym[i + 1], keys, vals, bits)
+        if rk[i] != NO_MERGE:
+            size = _push(heap, size, (rk[i] << 32) | i)
+    count = n
+    while size:
+        top = heap[0]
+        size = _pop(heap, size)
+        rank, p = top >> 32, top & 0xFFFFFFFF
+        if rk[p] != rank:
+            continue
+        q = nxt[p]
+        sym[p] = merged[rank]
+        rk[q] = NO_MERGE
+        nxt[p] = nxt[q]
+        if nxt[q] >= 0:
+            prv[nxt[q]] = p
+        count -= 1
+        for a in (prv[p], p):
+            if a >= 0:
+                rk[a] = _rank(sym[a], sym[nxt[a]], keys, vals, bits) if nxt[a] >= 0 else NO_MERGE
+                if rk[a] != NO_MERGE:
+                    size = _push(heap, size, (rk[a] << 32) | a)
+    i, k = 0, 0
+    while i >= 0:  # compact the surviving symbols to the front
+        sym[k] = sym[i]
+        k += 1
+        i = nxt[i]
+    return count
+
+
+def work_arrays(longest: int):
+    """Scratch for merge_word on words of up to `longest` bytes: sym, rk, nxt (+ prv), heap."""
+    longest = max(longest, 1)
+    return (np.empty(longest, np.int64), np.empty(longest, np.int64), np.empty(2 * longest, np.int64),
+            np.empty(3 * longest, np.int64))
+
+
+@numba.njit(cache=True, nogil=True)
+def _encode_words(data, starts, byte_id, keys, vals, merged, bits, out, sym, rk, nxt, heap):
     """Token ids of each word data[starts[w]:starts[w+1]] into out (concatenated); returns counts."""
     n_words = starts.shape[0] - 1
     counts = np.zeros(n_words, np.int64)
-    longest = 1
+    pos = 0
     for w in range(n_words):
-        longest = max(longest, starts[w + 1] - starts[w])
-    sym = np.empty(longest, np.int64)
-    nxt = np.empty(longest, np.int64)
-    prv = np.empty(longest, np.int64)
-    heap = np.empty(3 * longest, np.int64)  # (rank << 32 | position); n - 1 + 2 per merge at most
-    mask = (1 << bits) - 1
-    pos_out = 0
-    for w in range(n_words):
-        s, n = starts[w], starts[w + 1] - starts[w]
-        for i in range(n):
-            sym[i] = byte_id[data[s + i]]
-            nxt[i] = i + 1 if i + 1 < n else -1
-            prv[i] = i - 1
-        size = 0
-        for i in range(n - 1):  # push every adjacent pair that has a merge
-            key = (sym[i] << 32) | sym[i + 1]
-            j = _slot(key, bits)
-            while keys[j] != -1 and keys[j] != key:
-                j = (j + 1) & mask
-            if keys[j] != -1:
-                size = _push(heap, size, (vals[j] << 32) | i)
-        while size:
-            top = heap[0]
-            size = _pop(heap, size)
-            rank, p = top >> 32, top & 0xFFFFFFFF
-            if sym[p] < 0 or nxt[p] < 0:
-                continue
-            q = nxt[p]
-            key = (sym[p] << 32) | sym[q]
-            j = _slot(key, bits)
-            while keys[j] != -1 and keys[j] != key:
-                j = (j + 1) & mask
-            if keys[j] == -1 or vals[j] != rank:  # stale: the pair changed since it was pushed
-                continue
-            sym[p] = merged[rank]
-            sym[q] = -1
-            nxt[p] = nxt[q]
-            if nxt[q] >= 0:
-                prv[nxt[q]] = p
-            for a in (prv[p], p):
-                if a < 0 or nxt[a] < 0:
-                    continue
-                key = (sym[a] << 32) | sym[nxt[a]]
-                j = _slot(key, bits)
-                while keys[j] != -1 and keys[j] != key:
-                    j = (j + 1) & mask
-                if keys[j] != -1:
-                    size = _push(heap, size, (vals[j] << 32) | a)
-        i = 0 if n else -1
-        while i >= 0:
-            out[pos_out] = sym[i]
-            pos_out += 1
-            counts[w] += 1
-            i = nxt[i]
+        n = starts[w + 1] - starts[w]
+        if n == 0:
+            continue
+        c = merge_word(data, starts[w], n, byte_id, keys, vals, merged, bits, sym, rk, nxt, heap)
+        out[pos:pos + c] = sym[:c]
+        pos += c
+        counts[w] = c
     return counts
 
 
@@ -186,7 +204,8 @@ class ByteLevelBPE:
         np.cumsum([len(b) for b in blobs], out=starts[1:])
         data = np.frombuffer(b"".join(blobs), np.uint8)
         out = np.empty(max(len(data), 1), np.int64)
-        counts = _encode_words(data, starts, self.byte_id, self.keys, self.vals, self.merged, self.bits, out)
+        work = work_arrays(max(len(b) for b in blobs))
+        counts = _encode_words(data, starts, self.byte_id, self.keys, self.vals, self.merged, self.bits, out, *work)
         flat = out[:int(counts.sum())].tolist()
         ends = np.cumsum(counts).tolist()
         return [flat[a:b] for a, b in zip([0, *ends[:-1]], ends)]
