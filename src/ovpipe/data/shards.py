@@ -7,6 +7,7 @@ a shard that ends early is recorded in the ShardReport and the samples it did yi
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -19,6 +20,7 @@ import pyarrow as pa
 
 from ovpipe import faults, storage
 from ovpipe.data import tables
+from ovpipe.outstream import AtomicStream
 
 log = logging.getLogger("ovpipe")
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -268,37 +270,103 @@ def _parquet_sample(rows: dict, i: int, n: int, seen: dict, id_column: str, imag
 
 def fetch_samples(uri: str, positions: list[tuple[int, int]], fmt: str = "auto", threads: int = 8,
                   **columns) -> dict[int, Sample]:
-    """Samples of one shard by the positions its reader reported: tar byte ranges (ranged reads in
-    parallel, the shard is never read whole) or parquet rows (one pass). Keyed by offset."""
-    if fmt == "parquet" or (fmt == "auto" and uri.endswith(".parquet")):
-        wanted = {offset for offset, _ in positions}
-        return {s.offset: s for s in _iter_parquet(uri, ShardReport(uri), **columns) if s.offset in wanted}
+    """Samples of one shard by the positions its reader reported, keyed by offset (see fetch_ordered)."""
+    return {s.offset: s for s in fetch_ordered([(uri, o, n) for o, n in positions], fmt, threads, **columns)}
 
-    def one(pos):
-        offset, size = pos
-        with tarfile.open(fileobj=io.BytesIO(storage.read_range(uri, offset, offset + size)), mode="r:") as tar:
-            members, key = {}, None
-            for info in tar:
-                key, ext = _split_name(info.name)
+
+def fetch_ordered(wanted: list[tuple[str, int, int]], fmt: str = "auto", threads: int = 8,
+                  **columns) -> Iterator[Sample]:
+    """The samples at (shard uri, position, size) in the order asked, read ahead in the background so
+    the caller can write while later ones are still arriving. Tar shards: byte ranges (on S3 nearby
+    ones in one GET, several GETs in parallel; a shard is never read whole); parquet: rows (one pass
+    per file). Reads are queued in the order they are first needed."""
+    jobs: dict[tuple, object] = {}   # (uri, offset) -> the read that brings it
+    queue: list[tuple[int, object]] = []  # (first index needing it, read), submitted in that order
+    first: dict[tuple[str, int], int] = {}
+    by_uri: dict[str, set] = {}
+    for i, (uri, off, size) in enumerate(wanted):
+        first.setdefault((uri, off), i)
+        by_uri.setdefault(uri, set()).add((off, size))
+    for uri, pos in by_uri.items():
+        pos = sorted(pos)
+        if fmt == "parquet" or (fmt == "auto" and uri.endswith(".parquet")):
+            groups, read = [pos], functools.partial(_read_rows, uri, columns=columns)
+        else:
+            groups = _spans(pos) if storage.is_remote(uri) else [[p] for p in pos]
+            read = functools.partial(_read_span, uri)
+        for g in groups:
+            job = functools.partial(read, g)
+            queue.append((min(first[(uri, o)] for o, _ in g), job))
+            jobs.update({(uri, o): job for o, _ in g})
+    queue.sort(key=lambda t: t[0])
+    # Local reads are memory copies: one thread overlaps them with writing, more only contend for the GIL.
+    remote = any(storage.is_remote(u) for u in by_uri)
+    pool = ThreadPoolExecutor(threads if remote else 1, thread_name_prefix="ovpipe-fetch")
+    try:
+        futures = {id(job): pool.submit(job) for _, job in queue}
+        for uri, off, _ in wanted:
+            yield futures[id(jobs[(uri, off)])].result()[off]
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _read_rows(uri: str, positions: list[tuple[int, int]], columns: dict) -> dict[int, Sample]:
+    offsets = {o for o, _ in positions}
+    return {s.offset: s for s in _iter_parquet(uri, ShardReport(uri), **columns) if s.offset in offsets}
+
+
+def _read_span(uri: str, positions: list[tuple[int, int]]) -> dict[int, Sample]:
+    """Samples in one contiguous read from the first position to the end of the last."""
+    start, end = positions[0][0], positions[-1][0] + positions[-1][1]
+    data = storage.read_range(uri, start, end)
+    return {o: _parse_sample(uri, o, n, data[o - start:o - start + n] if len(positions) > 1 else data)
+            for o, n in positions}
+
+
+def _parse_sample(uri: str, offset: int, size: int, data: bytes) -> Sample:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        members, key = {}, None
+        for info in tar:
+            key, ext = _split_name(info.name)
+            end = info.offset_data + info.size
+            if info.type in (tarfile.REGTYPE, tarfile.AREGTYPE) and end <= len(data):
+                members[ext] = data[info.offset_data:end]  # one slice; tarfile's reader copies more
+            else:  # anything unusual (or cut short): tarfile's own reading and errors
                 members[ext] = tar.extractfile(info).read()
-        if key is None:
-            raise storage.StorageError(f"{uri}: no sample at bytes {offset}..{offset + size}")
-        return _assemble(key, members, offset, offset + size)
+    if key is None:
+        raise storage.StorageError(f"{uri}: no sample at bytes {offset}..{offset + size}")
+    return _assemble(key, members, offset, offset + size)
 
-    with ThreadPoolExecutor(threads) as pool:
-        return {s.offset: s for s in pool.map(one, sorted(set(positions)))}
+
+# An object store charges each GET a fixed cost (a round trip; SeaweedFS also reads whole chunks), so
+# nearby samples are fetched together: a hole up to HOLE_BYTES is read through, spans stay under
+# SPAN_BYTES (pyarrow's S3 read coalescing makes the same trade).
+HOLE_BYTES = 1 << 20
+SPAN_BYTES = 16 << 20
+
+
+def _spans(positions: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+    groups: list[list[tuple[int, int]]] = []
+    for off, size in positions:  # sorted by offset
+        g = groups[-1] if groups else None
+        if g and off - (g[-1][0] + g[-1][1]) <= HOLE_BYTES and off + size - g[0][0] <= SPAN_BYTES:
+            g.append((off, size))
+        else:
+            groups.append([(off, size)])
+    return groups
 
 
 class TarWriter:
     """Deterministic webdataset tar: fixed mtime/owner/mode, members in the order given.
 
-    Written to a local temporary file and committed to `uri` atomically on close.
+    The bytes are exactly what tarfile writes (USTAR headers from TarInfo.tobuf, data padded to 512,
+    two zero blocks and zero padding to a 10240-byte record at the end), but streamed straight into
+    an ovpipe.outstream.AtomicStream: hashed while written, committed to `uri` atomically on close,
+    never staged in a local temporary that is read back and copied (see outstream for why).
     """
 
     def __init__(self, uri: str):
-        self._out = storage.atomic_output(uri, ".tar")
-        self._path = self._out.__enter__()
-        self._tar = tarfile.open(self._path, "w", format=tarfile.USTAR_FORMAT)
+        self._out = AtomicStream(uri)
         self.count = 0
         # Byte layout of each sample, for index files (energon's) built without re-reading the tar:
         # (key, offset of its first header, [(ext, data offset, data size), ...]).
@@ -306,31 +374,36 @@ class TarWriter:
         self.end_offset = 0  # where the end-of-archive blocks start, set by close()
 
     def write(self, key: str, members: dict[str, bytes]) -> None:
-        start, parts = self._tar.offset, []
+        start, parts = self._out.offset, []
         for ext, data in members.items():
             info = tarfile.TarInfo(f"{key}.{ext}")
             info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
             info.uname = info.gname = ""
-            self._tar.addfile(info, io.BytesIO(data))
+            # tarfile.open(path, "w")'s own encoding and errors: the same header bytes as addfile
+            self._out.write(info.tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape"))
+            parts.append((ext, self._out.offset, len(data)))
+            self._out.write(data)
+            if len(data) % tarfile.BLOCKSIZE:
+                self._out.write(_ZEROS[:tarfile.BLOCKSIZE - len(data) % tarfile.BLOCKSIZE])
             faults.point("mid_shard")
-            # The data is the member's last block run (padded to 512), just before the new offset.
-            padded = -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
-            parts.append((ext, self._tar.offset - padded, len(data)))
         self.layout.append((key, start, parts))
         self.count += 1
 
+    @property
+    def closed(self) -> bool:
+        return self._out.closed
+
     def close(self) -> str:
         """Commit; returns the sha256 of the shard."""
-        self.end_offset = self._tar.offset
-        self._tar.close()
-        digest = storage.sha256_uri(self._path)  # in chunks: packed shards can be large
-        self._out.__exit__(None, None, None)
-        return digest
+        self.end_offset = self._out.offset
+        self._out.write(_ZEROS[:2 * tarfile.BLOCKSIZE])  # end-of-archive, then pad the last record
+        if self._out.offset % tarfile.RECORDSIZE:
+            self._out.write(bytes(tarfile.RECORDSIZE - self._out.offset % tarfile.RECORDSIZE))
+        return self._out.commit()
 
     def abort(self) -> None:
-        """Drop the half-written shard: nothing is committed, the local temporary is removed."""
-        self._tar.close()
-        self._out.__exit__(RuntimeError, None, None)
+        """Drop the half-written shard: nothing is committed, the temporary (or upload) is removed."""
+        self._out.abort()
 
     def __enter__(self) -> "TarWriter":
         return self
@@ -339,5 +412,8 @@ class TarWriter:
         """Commit on success (when close() was not called yet); abort on any error."""
         if exc_type is not None:
             self.abort()
-        elif not self._tar.closed:
+        elif not self.closed:
             self.close()
+
+
+_ZEROS = bytes(2 * tarfile.BLOCKSIZE)

@@ -13,16 +13,16 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import time
-from collections import defaultdict
 
 import numpy as np
 import pyarrow as pa
 
 from ovpipe import manifest, sharded, storage
 from ovpipe.data import tables
-from ovpipe.data.shards import fetch_samples
+from ovpipe.data.shards import fetch_ordered
 from ovpipe.packing import pack_lengths, pack_stats
 from ovpipe.packing.datasets import dataset_shards, sample_turns, step_name
 from ovpipe.packing.images import image_size, image_tokens
@@ -111,23 +111,26 @@ def _plot_fill(lengths, bins, capacity, path, stats) -> None:
 def write_shard(ctx: Context, index: int, dataset: str) -> ShardResult:
     cfg, data, step = ctx.recipe.packing, ctx.recipe.data, step_name("pack", dataset)
     rows = tables.read_parquet(ctx.uri(step, "plan", f"{shard_name(index)}.parquet")).to_pylist()
+    rows.sort(key=lambda r: r["bin"])  # stable: a sequence keeps its sub-samples in plan order
     inputs = dataset_shards(ctx, dataset)
-    wanted = defaultdict(list)
-    for r in rows:
-        wanted[r["shard"]].append((r["offset"], r["size"]))
-    fetched = {shard: fetch_samples(inputs[shard], pos, data.format, id_column=data.id_column,
-                                    image_column=data.image_column, caption_column=data.caption_column)
-               for shard, pos in sorted(wanted.items())}
-    sequences: dict[int, list[SubSample]] = defaultdict(list)
-    for r in rows:
-        sample = fetched[r["shard"]][r["offset"]]
-        turns, images = sample_turns(sample, dataset, cfg.caption_prompt)
-        tokens = [image_tokens(*image_size(blob), cfg) for blob, _ in images]
-        sequences[r["bin"]].append(SubSample(id=r["id"], length=r["length"], turns=turns,
-                                             images=[b for b, _ in images], image_exts=[e for _, e in images],
-                                             image_tokens=tokens, truncated=bool(r["truncated"])))
+    # Read ahead while writing (an S3 shard is then downloaded and uploaded at the same time).
+    samples = fetch_ordered([(inputs[r["shard"]], r["offset"], r["size"]) for r in rows], data.format,
+                            id_column=data.id_column, image_column=data.image_column,
+                            caption_column=data.caption_column)
+
+    def sequences():
+        for bin_id, group in itertools.groupby(zip(rows, samples), key=lambda t: t[0]["bin"]):
+            subs = []
+            for r, sample in group:
+                turns, images = sample_turns(sample, dataset, cfg.caption_prompt)
+                tokens = [image_tokens(*image_size(blob), cfg) for blob, _ in images]
+                subs.append(SubSample(id=r["id"], length=r["length"], turns=turns, images=[b for b, _ in images],
+                                      image_exts=[e for _, e in images], image_tokens=tokens,
+                                      truncated=bool(r["truncated"])))
+            yield bin_id, subs
+
     out_uri = ctx.uri(step, f"{shard_name(index)}.tar")
-    info = write_packed_shard(out_uri, sorted(sequences.items()))
+    info = write_packed_shard(out_uri, sequences())
     n = len(rows)
     return ShardResult(n, n, [{"uri": out_uri, "sha256": info["sha256"], "samples": n,
                                "sequences": info["samples"]}], [], {"shard_info": info})

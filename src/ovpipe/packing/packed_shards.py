@@ -21,7 +21,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import yaml
 
@@ -84,8 +84,9 @@ def _members(bin_id: int, subs: list[SubSample]) -> tuple[str, dict[str, bytes]]
     return key, members
 
 
-def write_packed_shard(uri: str, sequences: list[tuple[int, list[SubSample]]]) -> dict:
-    """Write one tar of packed sequences (in the order given), committed atomically.
+def write_packed_shard(uri: str, sequences: Iterable[tuple[int, list[SubSample]]]) -> dict:
+    """Write one tar of packed sequences (in the order given; any iterable, so they may still be
+    arriving while the first are written), committed atomically.
 
     Returns a JSON-safe dict that write_energon_metadata needs later (it may travel through a
     manifest): uri, sha256, samples, keys, offsets (each sample's first header, then the end of the
@@ -93,8 +94,6 @@ def write_packed_shard(uri: str, sequences: list[tuple[int, list[SubSample]]]) -
     """
     if not uri.endswith(".tar"):
         raise ValueError(f"{uri}: packed shards must end in .tar (energon indexes *.tar)")
-    if not sequences:
-        raise ValueError(f"{uri}: no sequences (energon rejects a shard without samples)")
     writer, seen = TarWriter(uri), set()
     try:
         for bin_id, subs in sequences:
@@ -103,6 +102,8 @@ def write_packed_shard(uri: str, sequences: list[tuple[int, list[SubSample]]]) -
                 raise ValueError(f"{uri}: bin {bin_id} given twice")
             seen.add(key)
             writer.write(key, members)
+        if not seen:
+            raise ValueError(f"{uri}: no sequences (energon rejects a shard without samples)")
     except BaseException:
         writer.abort()
         raise
