@@ -15,7 +15,7 @@ PROFILE ?=
 CLUSTER_PROFILE = $(or $(PROFILE),default)
 TOOLS := .tools/bin
 
-.PHONY: install tools run run-stage submit retry status schedule-eval test verify compile manifests bench lint clean \
+.PHONY: install tools run run-stage submit retry status schedule-eval test verify compile manifests bench bench-gpu lint clean \
 	base-image images compare-runners rehearsal
 
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -109,8 +109,17 @@ bench: install
 	$(PY) bench/balance_bench.py
 	$(PY) bench/pack_bench.py --full
 	$(PY) bench/lengths_bench.py
+	$(PY) bench/tokens_bench.py
+	$(PY) bench/decode_bench.py
+	$(PY) bench/pack_limits_bench.py
+	$(PY) bench/shard_write_bench.py
 	$(PY) bench/train_bench.py
 	$(PY) bench/memory_bench.py
+
+# On a machine with a GPU (each under 4 minutes on an H100): embedding tower and LLM training throughput
+bench-gpu: install
+	$(PY) bench/gpu_embed.py
+	$(PY) bench/gpu_train.py
 
 # Container images (images/README.md): podman where no Docker engine runs; a missing podman is installed.
 base-image: install
