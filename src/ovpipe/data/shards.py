@@ -340,9 +340,10 @@ def _parse_sample(uri: str, offset: int, size: int, data: bytes) -> Sample:
 
 # An object store charges each GET a fixed cost (a round trip; SeaweedFS also reads whole chunks), so
 # nearby samples are fetched together: a hole up to HOLE_BYTES is read through, spans stay under
-# SPAN_BYTES (pyarrow's S3 read coalescing makes the same trade).
-HOLE_BYTES = 1 << 20
-SPAN_BYTES = 16 << 20
+# SPAN_BYTES. Break-even hole = GET cost x bandwidth: ~5 ms x ~700 MB/s on SeaweedFS here (about 4 MB;
+# bench/shard_write_bench.py), of the order of AWS's advice of 8-16 MB ranged GETs.
+HOLE_BYTES = 4 << 20
+SPAN_BYTES = 32 << 20
 
 
 def _spans(positions: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
