@@ -111,7 +111,6 @@ bench: install
 	$(PY) bench/lengths_bench.py
 	$(PY) bench/tokens_bench.py
 	$(PY) bench/decode_bench.py
-	$(PY) bench/pack_limits_bench.py
 	$(PY) bench/shard_write_bench.py
 	$(PY) bench/train_bench.py
 	$(PY) bench/memory_bench.py
