@@ -11,8 +11,8 @@ JPEGs of 0.3-12 MP (log-uniform; 4:3, 3:2, 16:9, 1:1 and portrait; quality 75-95
 The process pins itself to one core (torch 1 thread). Best of --repeats per mode. Embedding agreement:
 cosine between the two paths' embeddings on the tiny recipe's tower and on a ViT-H/14-shaped tower
 (random init, seeded), raw and centered (the set's mean embedding removed: random weights put all
-images near one direction), each beside the same figure for *different* images. Today's path does not apply EXIF orientation; for the agreement the
-reference is today's path on the upright image.
+images near one direction), each beside the same figure for *different* images. Today's path does
+not apply EXIF orientation; for the agreement the reference is today's path on the upright image.
 
     python bench/decode_bench.py            # 40 JPEGs, 12 PNG, 12 WebP, best of 3
     python bench/decode_bench.py --quick    # 12/4/4, 1 repeat, no H/14
@@ -69,7 +69,7 @@ def natural_image(w: int, h: int, rng: np.random.Generator) -> np.ndarray:
 
 def make_images(n: int, fmt: str, mp_range: tuple[float, float], rng: np.random.Generator) -> list[dict]:
     out = []
-    for i in range(n):
+    for _ in range(n):
         mp = float(np.exp(rng.uniform(np.log(mp_range[0]), np.log(mp_range[1]))))
         aw, ah = ASPECTS[rng.integers(len(ASPECTS))]
         h = int(round((mp * 1e6 * ah / aw) ** 0.5))
@@ -229,7 +229,8 @@ def main(argv=None) -> int:
         row = {"images": len(images), "megapixels_mean": float(np.mean(mp)), "megapixels_range": [min(mp), max(mp)],
                "bits_per_pixel_mean": float(np.mean([8 * len(d) / (m * 1e6) for d, m in zip(datas, mp)])),
                "modes": {m: timed(fn, datas, pre, sq, repeats) for m, fn in MODES.items()}}
-        row["ratio_square_vs_today"] = row["modes"]["square"]["images_per_cpu_s"] / row["modes"]["today"]["images_per_cpu_s"]
+        modes = row["modes"]
+        row["ratio_square_vs_today"] = modes["square"]["images_per_cpu_s"] / modes["today"]["images_per_cpu_s"]
         row["square_vs_decode_floor"] = (row["modes"]["square"]["images_per_cpu_s"]
                                          / row["modes"]["scaled decode only"]["images_per_cpu_s"])
         if fmt == "JPEG":
