@@ -78,3 +78,12 @@ def tool(name: str) -> str:
     if not found:
         pytest.skip(f"{name} not installed: make tools")
     return found
+
+
+def raw_names(root: str) -> list[str]:
+    """Every name under root as the backend holds it, temporaries included."""
+    if storage.is_remote(root):
+        bucket, key = storage.split_s3(root)
+        resp = storage.s3_client().list_objects_v2(Bucket=bucket, Prefix=key + "/")
+        return sorted(o["Key"][len(key) + 1:] for o in resp.get("Contents", []))
+    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)

@@ -12,6 +12,7 @@ import pytest
 
 from ovpipe import faults, outstream, storage
 from ovpipe.data.shards import TarWriter, fetch_samples
+from tests.helpers import raw_names
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -19,15 +20,6 @@ def root(request, tmp_path) -> str:
     if request.param == "local":
         return str(tmp_path / "store")
     return request.getfixturevalue("s3_root")
-
-
-def _names(root: str) -> list[str]:
-    """Every name under root as the backend holds it, temporaries included."""
-    if storage.is_remote(root):
-        bucket, key = storage.split_s3(root)
-        resp = storage.s3_client().list_objects_v2(Bucket=bucket, Prefix=key + "/")
-        return sorted(o["Key"][len(key) + 1:] for o in resp.get("Contents", []))
-    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
 
 
 def _open_uploads(root: str) -> list[str]:
@@ -103,7 +95,7 @@ def test_stream_is_invisible_until_commit(root, monkeypatch, size):
     assert not storage.exists(uri)
     assert s.commit() == hashlib.sha256(data).hexdigest()
     assert storage.read_bytes(uri) == data
-    assert _names(root) == ["out/x.bin"]  # no temporary left beside it
+    assert raw_names(root) == ["out/x.bin"]  # no temporary left beside it
 
 
 @pytest.mark.parametrize("size", [1000, 11 << 20])
@@ -114,7 +106,7 @@ def test_abort_leaves_nothing_and_keeps_the_old_version(root, monkeypatch, size)
     s = outstream.AtomicStream(uri)
     s.write(os.urandom(size))
     s.abort()
-    assert storage.read_bytes(uri) == b"old" and _names(root) == ["x.bin"]
+    assert storage.read_bytes(uri) == b"old" and raw_names(root) == ["x.bin"]
     if storage.is_remote(root):
         assert _open_uploads(root) == []
 
@@ -131,7 +123,7 @@ def test_fault_before_commit_leaves_nothing(root, monkeypatch):
     with pytest.raises(RuntimeError, match="killed"):
         with TarWriter(uri) as w:
             w.write("a", {"jpg": os.urandom(6 << 20)})
-    assert _names(root) == []
+    assert raw_names(root) == []
 
 
 def test_fetch_samples_reads_what_was_written(root):

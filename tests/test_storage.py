@@ -18,6 +18,7 @@ from botocore.response import StreamingBody
 from ovpipe import storage
 from ovpipe.data import tables
 from ovpipe.s3server import free_ports
+from tests.helpers import raw_names
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -42,15 +43,6 @@ def sleeps(monkeypatch) -> list[float]:
 
     monkeypatch.setattr(storage, "time", FakeTime())
     return recorded
-
-
-def raw_names(root: str) -> list[str]:
-    """Every name under root as the backend holds it, temporaries included."""
-    if storage.is_remote(root):
-        bucket, key = storage.split_s3(root)
-        resp = storage.s3_client().list_objects_v2(Bucket=bucket, Prefix=key + "/")
-        return sorted(o["Key"][len(key) + 1:] for o in resp.get("Contents", []))
-    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
 
 
 def plant_temporary(root: str, rel: str) -> None:
