@@ -12,14 +12,13 @@ decompression_bomb) plus too_small, decided on the header before any pixel is de
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ovpipe.data.images import MAX_PIXELS, ImageError, decoding_errors, to_rgb
+from ovpipe.data.images import MAX_PIXELS, ImageError, decoding_errors, open_checked, to_rgb
 
 ORIENTATION = 0x0112
 # EXIF orientation -> the transposition that shows the image upright (2..8; 1 is as stored)
@@ -73,30 +72,17 @@ def orientation(im: Image.Image) -> int:
     return value if value in _TRANSPOSE else 1
 
 
-def _checked(data: bytes | None, min_side: int, max_pixels: int) -> Image.Image:
-    """The image opened (header only) once its size passes the checks."""
-    if not data:
-        raise ImageError("corrupt_image", "empty image bytes")
-    im = Image.open(io.BytesIO(data))
-    w, h = im.size
-    if w * h > max_pixels:
-        raise ImageError("decompression_bomb", f"{w}x{h} = {w * h} pixels > {max_pixels}")
-    if min(w, h) < min_side:
-        raise ImageError("too_small", f"{w}x{h} < min side {min_side}")
-    return im
-
-
 def header_size(data: bytes | None, min_side: int = 1, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
     """The stored (width, height) of an image that passes the size checks; ImageError otherwise."""
     with decoding_errors():
-        return _checked(data, min_side, max_pixels).size
+        return open_checked(data, min_side, max_pixels).size
 
 
 def square_pixels(data: bytes | None, size: int, min_side: int = 1,
                   max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, tuple[int, int]]:
     """(uint8 (size, size, 3) array shown upright, stored (width, height)); ImageError otherwise."""
     with decoding_errors():
-        im = _checked(data, min_side, max_pixels)
+        im = open_checked(data, min_side, max_pixels)
         w, h = im.size
         # the short side resized to `size`, as torchvision does: the long side int(size * long / short)
         long_out = int(size * max(w, h) / min(w, h))

@@ -40,16 +40,24 @@ def decoding_errors():
         raise ImageError("corrupt_image", f"{type(exc).__name__}: {exc}") from None
 
 
+def open_checked(data: bytes | None, min_side: int, max_pixels: int) -> Image.Image:
+    """The image opened (header only) once its size passes the checks (call inside decoding_errors)."""
+    if not data:
+        raise ImageError("corrupt_image", "empty image bytes")
+    im = Image.open(io.BytesIO(data))
+    w, h = im.size
+    if w * h > max_pixels:
+        raise ImageError("decompression_bomb", f"{w}x{h} = {w * h} pixels > {max_pixels}")
+    if min(w, h) < min_side:
+        raise ImageError("too_small", f"{w}x{h} < min side {min_side}")
+    return im
+
+
 def open_rgb(data: bytes | None, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """The image fully decoded (first frame of an animation) as RGB; ImageError with a reason
     (corrupt_image | truncated_image | decompression_bomb) otherwise."""
-    if not data:
-        raise ImageError("corrupt_image", "empty image bytes")
     with decoding_errors():
-        im = Image.open(io.BytesIO(data))
-        w, h = im.size
-        if w * h > max_pixels:
-            raise ImageError("decompression_bomb", f"{w}x{h} = {w * h} pixels > {max_pixels}")
+        im = open_checked(data, 0, max_pixels)
         im.load()
         return to_rgb(im)
 
