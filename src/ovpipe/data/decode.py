@@ -3,7 +3,8 @@
 open_clip's preprocessing (resize the short side to S with bicubic antialiasing, center-crop S×S,
 normalize) run on a fully decoded photo spends most of its time decoding pixels it then averages
 away. Here a JPEG is decoded by libjpeg's DCT scaling (`Image.draft`) at the smallest scale whose
-short side is still ≥ S, the EXIF orientation is applied to that small image, and one resize with
+short side is still ≥ S (a progressive one decoded at 1/8 first loses the AC scans it will not read:
+`jpegscans`), the EXIF orientation is applied to that small image, and one resize with
 `box=` makes the crop and the antialiased resize in a single pass (`reducing_gap` first box-averages
 very large PNG/WebP images, which have no scaled decoding). Normalization is done per batch in torch.
 
@@ -12,6 +13,7 @@ decompression_bomb) plus too_small, decided on the header before any pixel is de
 """
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +21,7 @@ import torch
 from PIL import Image
 
 from ovpipe.data.images import MAX_PIXELS, ImageError, decoding_errors, open_checked, to_rgb
+from ovpipe.data.jpegscans import dc_scans_only
 
 ORIENTATION = 0x0112
 # EXIF orientation -> the transposition that shows the image upright (2..8; 1 is as stored)
@@ -87,8 +90,13 @@ def square_pixels(data: bytes | None, size: int, min_side: int = 1,
         # the short side resized to `size`, as torchvision does: the long side int(size * long / short)
         long_out = int(size * max(w, h) / min(w, h))
         if im.format == "JPEG" and im.mode in ("RGB", "YCbCr", "L"):
+            request = (size, long_out) if w <= h else (long_out, size)
+            if "progression" in im.info and min(w // request[0], h // request[1]) >= 8:
+                pruned = dc_scans_only(data)  # draft decodes at 1/8: the AC scans are never read
+                if pruned is not None:
+                    im = Image.open(io.BytesIO(pruned))
             # draft picks the largest DCT reduction keeping both sides ≥ the request
-            im.draft(im.mode, (size, long_out) if w <= h else (long_out, size))
+            im.draft(im.mode, request)
         im.load()
         turn = orientation(im)  # after load: PNG may keep its EXIF behind the pixels
         im = to_rgb(im)
