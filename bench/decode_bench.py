@@ -241,7 +241,8 @@ def main(argv=None) -> int:
             for prog in (False, True):
                 part = [i["bytes"] for i in images if i["progressive"] == prog]
                 t = {m: timed(MODES[m], part, pre, sq, repeats)["images_per_cpu_s"] for m in ("today", "square")}
-                row["progressive" if prog else "baseline"] = {"images": len(part), **t, "ratio": t["square"] / t["today"]}
+                row["progressive" if prog else "baseline"] = {"images": len(part), **t,
+                                                              "ratio": t["square"] / t["today"]}
                 print(f"  {'progressive' if prog else 'baseline'}: {len(part)} images, today {t['today']:.0f}/s, "
                       f"square {t['square']:.0f}/s, x{t['square'] / t['today']:.2f}")
             row["by_size"] = []

@@ -46,7 +46,7 @@ import pyarrow as pa  # noqa: E402
 from ovpipe import storage  # noqa: E402
 from ovpipe.config import load_recipe  # noqa: E402
 from ovpipe.data import tables  # noqa: E402
-from ovpipe.data.shards import TarWriter  # noqa: E402
+from ovpipe.data.tarwriter import TarWriter  # noqa: E402
 from ovpipe.packing import pack  # noqa: E402
 from ovpipe.packing.datasets import step_name  # noqa: E402
 from ovpipe.sharded import Context, shard_name  # noqa: E402

@@ -14,7 +14,7 @@ import pytest
 
 from ovpipe import faults, sharded, storage
 from ovpipe.data.images import decode_image
-from ovpipe.data.shards import TarWriter
+from ovpipe.data.tarwriter import TarWriter
 from ovpipe.verify.badinput import bomb_png, good_image
 
 POINT = r"""

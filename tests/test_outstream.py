@@ -11,7 +11,8 @@ import tarfile
 import pytest
 
 from ovpipe import faults, outstream, storage
-from ovpipe.data.shards import TarWriter, fetch_samples
+from ovpipe.data.shards import fetch_samples
+from ovpipe.data.tarwriter import TarWriter
 from tests.helpers import raw_names
 
 

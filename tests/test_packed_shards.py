@@ -15,7 +15,7 @@ import yaml
 from PIL import Image
 
 from ovpipe import storage
-from ovpipe.data.shards import TarWriter
+from ovpipe.data.tarwriter import TarWriter
 from ovpipe.packing import packed_shards as ps
 from ovpipe.packing.packed_shards import SubSample, read_packed, write_energon_metadata, write_packed_shard
 

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from ovpipe.data.shards import ShardReport, TarWriter, iter_samples, list_shards
+from ovpipe.data.shards import ShardReport, iter_samples, list_shards
+from ovpipe.data.tarwriter import TarWriter
 from ovpipe.sharded import make_context
 from ovpipe.steps import run as run_step
 from tests.helpers import SMALL, TINY

@@ -23,7 +23,8 @@ from ovpipe.curation import dedup
 from ovpipe.curation.caption_rules import check_caption
 from ovpipe.curation.embed import embeddings_of
 from ovpipe.data import source, tables
-from ovpipe.data.shards import ShardReport, TarWriter, iter_samples, sniff_ext
+from ovpipe.data.shards import ShardReport, iter_samples, sniff_ext
+from ovpipe.data.tarwriter import TarWriter
 from ovpipe.models.clip import encode_texts, load_clip
 from ovpipe.sharded import Context, ShardResult, shard_name
 

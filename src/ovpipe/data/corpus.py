@@ -9,8 +9,8 @@ import functools
 import time
 
 from ovpipe import sharded
-from ovpipe.data.shards import TarWriter
 from ovpipe.data.synth import load_vocab, synth_samples
+from ovpipe.data.tarwriter import TarWriter
 from ovpipe.sharded import Context, ShardResult, shard_name
 
 

@@ -26,7 +26,7 @@ from typing import Iterable, Iterator
 import yaml
 
 from ovpipe import storage
-from ovpipe.data.shards import TarWriter
+from ovpipe.data.tarwriter import TarWriter
 
 FORMAT = "ovpipe-packed-v1"
 # Set on every sample through dataset.yaml: the cooker matches on it, so a metadataset may mix these

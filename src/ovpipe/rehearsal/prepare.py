@@ -103,7 +103,7 @@ def write_captioner(recipe: Recipe, path: str) -> None:
 def write_dataset(recipe: Recipe, dataset: str, path: str) -> None:
     """The synthetic corpus of `dataset` (mid | stage1 | sft) as webdataset shards under the folder `path`."""
     from ovpipe.data.corpus import n_shards, samples
-    from ovpipe.data.shards import TarWriter
+    from ovpipe.data.tarwriter import TarWriter
     from ovpipe.sharded import Context
 
     ctx = Context(recipe, "unused", "rehearsal")
