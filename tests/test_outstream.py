@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import random
+import stat
 import tarfile
 
 import pytest
@@ -138,3 +139,65 @@ def test_fetch_samples_reads_what_was_written(root):
     got = fetch_samples(uri, pos)
     for (key, members), start in zip(samples, starts):
         assert got[start].key == key and got[start].members == members
+
+
+def test_plain_header_reading_matches_tarfile_and_falls_back_on_anything_else(tmp_path):
+    from ovpipe.data.shards import _plain_members, fetch_ordered
+
+    uri = str(tmp_path / "mixed.tar")
+    long_dir = "d" * 120  # a name beyond 100 bytes: tarfile (PAX) writes an extended header
+    with tarfile.open(uri, "w") as tar:  # tarfile's default format, as img2dataset writes
+        for key in ("a", f"{long_dir}/b"):
+            for ext, data in (("jpg", os.urandom(3000)), ("txt", b"caption"), ("json", b"{}")):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    with tarfile.open(uri) as tar:
+        members = tar.getmembers()
+    blob = open(uri, "rb").read()
+    first = (0, members[3].offset)
+    assert _plain_members(memoryview(blob)[:first[1]])[0] == "a"
+    assert _plain_members(blob[members[3].offset:]) is None  # PAX header: tarfile decides
+    bad = bytearray(blob[:first[1]])
+    bad[130] ^= 1  # size digit changed: checksum no longer matches
+    assert _plain_members(bytes(bad)) is None
+    pos = [first, (members[3].offset, len(blob) - members[3].offset)]
+    for views in (False, True):
+        got = list(fetch_ordered([(uri, o, n) for o, n in pos], views=views))
+        assert [s.key for s in got] == ["a", f"{long_dir}/b"]
+        with tarfile.open(uri) as tar:
+            want = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+        for s in got:
+            assert isinstance(s.members["txt"], bytes) and isinstance(s.members["json"], bytes)
+            assert isinstance(s.members["jpg"], memoryview if views and s.key == "a" else bytes)
+            assert {f"{s.key}.{e}": bytes(v) for e, v in s.members.items()} == \
+                {k: v for k, v in want.items() if k.startswith(s.key + ".")}
+
+
+def test_read_ahead_is_bounded_by_bytes(tmp_path, monkeypatch):
+    from ovpipe.data import shards
+
+    samples = [(f"{i:03d}", {"jpg": os.urandom(20_000)}) for i in range(40)]
+    uri = str(tmp_path / "big.tar")
+    with TarWriter(uri) as w:
+        for key, members in samples:
+            w.write(key, members)
+    starts = [s for _, s, _ in w.layout] + [w.end_offset]
+    wanted = [(uri, starts[i], starts[i + 1] - starts[i]) for i in range(40)]
+    monkeypatch.setattr(shards, "READ_AHEAD_BYTES", 60_000)
+    calls, real = [], shards._read_span
+    monkeypatch.setattr(shards, "_read_span", lambda *a, **k: calls.append(1) or real(*a, **k))
+    it = shards.fetch_ordered(wanted)
+    assert next(it).key == "000"
+    assert 1 <= len(calls) <= 4  # about 60 kB of 20 kB reads queued, not all 40
+    assert [s.key for s in it] == [k for k, _ in samples[1:]]
+
+
+def test_local_commit_is_durable(tmp_path, monkeypatch):
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.fstat(fd).st_mode) or real(fd))
+    s = outstream.AtomicStream(str(tmp_path / "out" / "x.bin"))
+    s.write(os.urandom(1000))
+    s.commit()
+    assert [stat.S_ISREG(m) for m in synced] == [True, False] and stat.S_ISDIR(synced[1])  # file, then folder

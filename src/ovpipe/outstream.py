@@ -2,8 +2,10 @@
 shards through, so a shard's bytes are moved once (storage.atomic_output would write a local
 temporary, read it back for its sha256, then copy or upload it: three passes over every byte).
 
-Local: written under a temporary name beside the destination (as storage.put_file does), renamed
-into place on commit. S3: parts of PART_BYTES uploaded by background threads while writing goes on,
+Local: written under a temporary name beside the destination (as storage.put_file does), made
+durable (fsync, then the rename and the folder's entry), so a shard whose marker exists survives a
+power cut with it; a background fdatasync every SYNC_BYTES keeps the disk writing while the CPU works,
+leaving the final fsync little to do. S3: parts of PART_BYTES uploaded by background threads while writing goes on,
 made visible only by CompleteMultipartUpload (one PUT when the whole object is smaller than a part);
 abort() drops the upload. Either way nothing partial is ever visible under the final name.
 The sha256 runs in its own thread over the same buffers (hashlib releases the GIL on large updates):
@@ -22,6 +24,7 @@ FLUSH_BYTES = 1 << 20   # small writes (tar headers, padding) gather up to this,
 # 8 MiB default are cheaper (SeaweedFS, bench/shard_write_bench.py: 16-32 MiB ~10% faster than 8).
 PART_BYTES = 16 << 20   # parts are at least this large
 UPLOADS = 4             # S3 parts in flight at once (memory: about UPLOADS + 1 parts)
+SYNC_BYTES = 32 << 20   # local: written bytes between background fdatasyncs
 
 
 class AtomicStream:
@@ -45,6 +48,9 @@ class AtomicStream:
             os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
             self._dest, self._tmp = dest, storage._tmp_name(dest)
             self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            self._syncer = ThreadPoolExecutor(1, thread_name_prefix="ovpipe-sync")
+            self._sync: Future | None = None
+            self._unsynced = 0
         self.closed = False
 
     def write(self, data) -> None:
@@ -67,7 +73,11 @@ class AtomicStream:
             self._send(part)
         else:
             self._hasher.submit(_update_all, self._sha, chunks)
-            _writev_all(self._fd, chunks)
+            self._unsynced += _writev_all(self._fd, chunks)
+            if self._unsynced >= SYNC_BYTES and (self._sync is None or self._sync.done()):
+                if self._sync is not None:
+                    self._sync.result()  # an error writing back is the shard's error
+                self._sync, self._unsynced = self._syncer.submit(os.fdatasync, self._fd), 0
 
     # ------------------------------------------------------------ S3 parts
 
@@ -110,10 +120,15 @@ class AtomicStream:
                     MultipartUpload={"Parts": parts}))
             else:
                 self._flush()
+                if self._sync is not None:
+                    self._sync.result()
+                os.fsync(self._fd)
                 os.close(self._fd)
                 self._fd = -1
+                self._syncer.shutdown(wait=True)
                 faults.point("mid_write")
                 os.replace(self._tmp, self._dest)
+                _fsync_folder(os.path.dirname(self._dest) or ".")
         except BaseException:
             self.abort()
             raise
@@ -139,6 +154,7 @@ class AtomicStream:
                 except Exception:  # noqa: BLE001 - the store may be what failed; the upload stays invisible
                     pass
             return
+        self._syncer.shutdown(wait=True, cancel_futures=True)
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -153,9 +169,19 @@ def _update_all(sha, chunks) -> None:
         sha.update(c)
 
 
-def _writev_all(fd: int, chunks: list) -> None:
-    """os.writev until every byte is written (a regular file may take fewer at a time)."""
+def _fsync_folder(path: str) -> None:
+    """The rename made durable: the folder's entry written back too."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _writev_all(fd: int, chunks: list) -> int:
+    """os.writev until every byte is written (a regular file may take fewer at a time); the count."""
     views = [memoryview(c).cast("B") for c in chunks]
+    total = sum(len(v) for v in views)
     while views:
         n = os.writev(fd, views[:1024])  # IOV_MAX
         while n:
@@ -163,3 +189,4 @@ def _writev_all(fd: int, chunks: list) -> None:
                 n -= len(views.pop(0))
             else:
                 views[0], n = views[0][n:], 0
+    return total

@@ -273,38 +273,50 @@ def fetch_samples(uri: str, positions: list[tuple[int, int]], fmt: str = "auto",
     return {s.offset: s for s in fetch_ordered([(uri, o, n) for o, n in positions], fmt, threads, **columns)}
 
 
-def fetch_ordered(wanted: list[tuple[str, int, int]], fmt: str = "auto", threads: int = 8,
-                  **columns) -> Iterator[Sample]:
-    """The samples at (shard uri, position, size) in the order asked, read ahead in the background so
-    the caller can write while later ones are still arriving. Tar shards: byte ranges (on S3 nearby
-    ones in one GET, several GETs in parallel; a shard is never read whole); parquet: rows (one pass
-    per file). Reads are queued in the order they are first needed."""
-    jobs: dict[tuple, object] = {}   # (uri, offset) -> the read that brings it
-    queue: list[tuple[int, object]] = []  # (first index needing it, read), submitted in that order
+def fetch_ordered(wanted: list[tuple[str, int, int]], fmt: str = "auto", threads: int = 8, *,
+                  views: bool = False, **columns) -> Iterator[Sample]:
+    """The samples at (shard uri, position, size) in the order asked, read ahead in the background
+    (up to READ_AHEAD_BYTES) so the caller can write while later ones are still arriving. Tar shards:
+    byte ranges (on S3 nearby ones in one GET, several GETs in parallel; a shard is never read whole),
+    local files mapped, not copied; parquet: rows (one pass per file). Reads are queued in the order
+    they are first needed. `views`: image members of local tars are memoryviews into the mapped file
+    (for a writer that only hashes and writes them: no copy at all), else bytes."""
     first: dict[tuple[str, int], int] = {}
     by_uri: dict[str, set] = {}
     for i, (uri, off, size) in enumerate(wanted):
         first.setdefault((uri, off), i)
         by_uri.setdefault(uri, set()).add((off, size))
+    reads: list[tuple[int, object, int, list]] = []  # (first index needing it, read, bytes, its keys)
     for uri, pos in by_uri.items():
         pos = sorted(pos)
         if fmt == "parquet" or (fmt == "auto" and uri.endswith(".parquet")):
             groups, read = [pos], functools.partial(_read_rows, uri, columns=columns)
         else:
             groups = _spans(pos) if storage.is_remote(uri) else [[p] for p in pos]
-            read = functools.partial(_read_span, uri)
-        for g in groups:
-            job = functools.partial(read, g)
-            queue.append((min(first[(uri, o)] for o, _ in g), job))
-            jobs.update({(uri, o): job for o, _ in g})
-    queue.sort(key=lambda t: t[0])
-    # Local reads are memory copies: one thread overlaps them with writing, more only contend for the GIL.
+            read = functools.partial(_read_span, uri, views=views)
+        reads += [(min(first[(uri, o)] for o, _ in g), functools.partial(read, g), g[-1][0] + g[-1][1] - g[0][0],
+                   [(uri, o) for o, _ in g]) for g in groups]
+    reads.sort(key=lambda t: t[0])  # submitted in the order first needed
+    jobs = {key: j for j, r in enumerate(reads) for key in r[3]}  # (uri, offset) -> the read bringing it
+    done_at: dict[int, list[int]] = {}  # index -> reads no longer needed after it
+    for job, i in {jobs[(u, o)]: i for i, (u, o, _) in enumerate(wanted)}.items():  # last index per read
+        done_at.setdefault(i, []).append(job)
+    # Local reads are mappings and header parsing: one thread overlaps them with writing, more only
+    # contend for the GIL.
     remote = any(storage.is_remote(u) for u in by_uri)
     pool = ThreadPoolExecutor(threads if remote else 1, thread_name_prefix="ovpipe-fetch")
+    futures: dict[int, object] = {}
+    held = 0  # bytes of reads submitted and still needed
     try:
-        futures = {id(job): pool.submit(job) for _, job in queue}
-        for uri, off, _ in wanted:
-            yield futures[id(jobs[(uri, off)])].result()[off]
+        for i, (uri, off, _) in enumerate(wanted):
+            job = jobs[(uri, off)]
+            while len(futures) < len(reads) and (job >= len(futures) or held < READ_AHEAD_BYTES):
+                futures[len(futures)] = pool.submit(reads[len(futures)][1])
+                held += reads[len(futures) - 1][2]
+            yield futures[job].result()[off]
+            for j in done_at.get(i, ()):
+                futures[j] = None  # its samples are all out: the memory goes with the caller's use
+                held -= reads[j][2]
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 
@@ -314,27 +326,69 @@ def _read_rows(uri: str, positions: list[tuple[int, int]], columns: dict) -> dic
     return {s.offset: s for s in _iter_parquet(uri, ShardReport(uri), **columns) if s.offset in offsets}
 
 
-def _read_span(uri: str, positions: list[tuple[int, int]]) -> dict[int, Sample]:
+def _read_span(uri: str, positions: list[tuple[int, int]], views: bool = False) -> dict[int, Sample]:
     """Samples in one contiguous read from the first position to the end of the last."""
     start, end = positions[0][0], positions[-1][0] + positions[-1][1]
-    data = storage.read_range(uri, start, end)
-    return {o: _parse_sample(uri, o, n, data[o - start:o - start + n] if len(positions) > 1 else data)
+    data = storage.view_range(uri, start, end)
+    return {o: _parse_sample(uri, o, n, data[o - start:o - start + n] if len(positions) > 1 else data, views)
             for o, n in positions}
 
 
-def _parse_sample(uri: str, offset: int, size: int, data: bytes) -> Sample:
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-        members, key = {}, None
-        for info in tar:
-            key, ext = _split_name(info.name)
-            end = info.offset_data + info.size
-            if info.type in (tarfile.REGTYPE, tarfile.AREGTYPE) and end <= len(data):
-                members[ext] = data[info.offset_data:end]  # one slice; tarfile's reader copies more
-            else:  # anything unusual (or cut short): tarfile's own reading and errors
-                members[ext] = tar.extractfile(info).read()
-    if key is None:
+def _parse_sample(uri: str, offset: int, size: int, data, views: bool = False) -> Sample:
+    """The sample whose members fill `data` (bytes or a memoryview): plain USTAR headers read here,
+    member data sliced without a copy (image members stay views when `views`); anything else through
+    tarfile, with its checks and errors."""
+    found = _plain_members(data)
+    if found is None:
+        data = bytes(data)
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            members, key = {}, None
+            for info in tar:
+                key, ext = _split_name(info.name)
+                end = info.offset_data + info.size
+                if info.type in (tarfile.REGTYPE, tarfile.AREGTYPE) and end <= len(data):
+                    members[ext] = data[info.offset_data:end]  # one slice; tarfile's reader copies more
+                else:  # anything unusual (or cut short): tarfile's own reading and errors
+                    members[ext] = tar.extractfile(info).read()
+        found = (key, members) if key is not None else None
+    if found is None:
         raise storage.StorageError(f"{uri}: no sample at bytes {offset}..{offset + size}")
+    key, members = found
+    if isinstance(data, memoryview):
+        members = {ext: m if views and ext.rpartition(".")[2] in IMAGE_EXTS else bytes(m)
+                   for ext, m in members.items()}
     return _assemble(key, members, offset, offset + size)
+
+
+def _plain_members(data) -> tuple[str, dict] | None:
+    """(key of the last member, {ext: data slice}) when every header is a checksummed POSIX ustar
+    regular file whose data lies within `data`, up to its end or a zero block; None otherwise."""
+    members, key, pos, n = {}, None, 0, len(data)
+    while pos + 512 <= n:
+        head = bytes(data[pos:pos + 512])
+        if head == _ZERO_BLOCK:
+            break
+        if head[156:157] not in (b"0", b"\0") or head[257:265] != b"ustar\x0000" or head[124] & 0x80:
+            return None
+        try:
+            size = int(head[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+            checksum = int(head[148:156].split(b"\0", 1)[0].strip(), 8)
+        except ValueError:
+            return None
+        if checksum != sum(head[:148]) + 256 + sum(head[156:]):  # the field itself counts as spaces
+            return None
+        name = head[:100].split(b"\0", 1)[0]
+        prefix = head[345:500].split(b"\0", 1)[0]
+        name = (prefix + b"/" + name if prefix else name).decode(tarfile.ENCODING, "surrogateescape")
+        if pos + 512 + size > n:
+            return None
+        key, ext = _split_name(name)
+        members[ext] = data[pos + 512:pos + 512 + size]
+        pos += 512 + -(-size // 512) * 512
+    return (key, members) if key is not None else None
+
+
+_ZERO_BLOCK = bytes(512)
 
 
 # An object store charges each GET a fixed cost (a round trip; SeaweedFS also reads whole chunks), so
@@ -343,6 +397,7 @@ def _parse_sample(uri: str, offset: int, size: int, data: bytes) -> Sample:
 # bench/shard_write_bench.py), of the order of AWS's advice of 8-16 MB ranged GETs.
 HOLE_BYTES = 4 << 20
 SPAN_BYTES = 32 << 20
+READ_AHEAD_BYTES = 256 << 20  # fetch_ordered's reads in flight or waiting: memory, not speed, bounds it
 
 
 def _spans(positions: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:

@@ -36,7 +36,7 @@ def _jpeg(data: bytes) -> tuple[int, int]:
         if i + 4 > n:
             raise HeaderError(f"truncated JPEG: no frame header (SOFn) in {n} bytes")
         if data[i] != 0xFF:  # junk between segments: skip to the next 0xff, as PIL does
-            j = data.find(b"\xff", i)
+            j = data.find(b"\xff", i) if hasattr(data, "find") else bytes(data).find(b"\xff", i)
             i = j if j >= 0 else n
             continue
         marker = data[i + 1]

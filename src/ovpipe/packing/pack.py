@@ -113,10 +113,11 @@ def write_shard(ctx: Context, index: int, dataset: str) -> ShardResult:
     rows = tables.read_parquet(ctx.uri(step, "plan", f"{shard_name(index)}.parquet")).to_pylist()
     rows.sort(key=lambda r: r["bin"])  # stable: a sequence keeps its sub-samples in plan order
     inputs = dataset_shards(ctx, dataset)
-    # Read ahead while writing (an S3 shard is then downloaded and uploaded at the same time).
+    # Read ahead while writing (an S3 shard is then downloaded and uploaded at the same time); local
+    # images are views of the mapped input: hashed and written, never copied in between.
     samples = fetch_ordered([(inputs[r["shard"]], r["offset"], r["size"]) for r in rows], data.format,
                             id_column=data.id_column, image_column=data.image_column,
-                            caption_column=data.caption_column)
+                            caption_column=data.caption_column, views=True)
 
     def sequences():
         for bin_id, group in itertools.groupby(zip(rows, samples), key=lambda t: t[0]["bin"]):

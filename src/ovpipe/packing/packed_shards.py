@@ -72,7 +72,7 @@ def _members(bin_id: int, subs: list[SubSample]) -> tuple[str, dict[str, bytes]]
             if ext not in IMAGE_EXTS:
                 raise ValueError(f"bin {bin_id}, sample {s.id}: image format {ext!r} not in {sorted(IMAGE_EXTS)}")
             name = f"{len(members) - 1}.{ext}"
-            members[name] = bytes(data)
+            members[name] = data if isinstance(data, (bytes, memoryview)) else bytes(data)  # no copy
             names.append(name)
         entry = {"id": str(s.id), "length": int(s.length), "turns": s.turns, "images": names,
                  "image_tokens": [int(t) for t in s.image_tokens]}
