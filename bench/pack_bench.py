@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT / "src"))  # run from a checkout without installing
 
-from ovpipe.packing import next_fit, pack_lengths, pack_stats, reference_bfd  # noqa: E402
+from ovpipe.packing import multidim_lower_bound, next_fit, pack_lengths, pack_stats, reference_bfd  # noqa: E402
 
 CAPACITY = 8192
 # per-bin limits of the "ours+..." rows: an image-token budget per sequence (vision-encoder memory),
@@ -124,12 +124,11 @@ def worker(args) -> dict:
             bins, wall, cpu = timed(lambda kw=kw: pack_lengths(lengths, CAPACITY, **kw), args.repeats)
             peak = _rss_mb("VmHWM")
             row = summary(pack_stats(lengths, bins, CAPACITY), n, wall, cpu)
-            ok = bins >= 0  # a bin needs room for tokens, images and image tokens alike
-            bound = max([row["lower_bound"]] + [-(-int(a[ok].sum(dtype=np.int64)) // limits[k]) for k, a in
-                                                 (("max_images", images), ("max_image_tokens", image_tokens))
-                                                 if k in limits])
-            row.update(limits=limits, peak_rss_mb=peak, lower_bound_all_limits=bound,
-                       over_lower_bound_all_limits=row["bins"] / bound - 1)
+            # a bin needs room for tokens, images, image tokens and samples alike (volume and L2 bounds)
+            bound = multidim_lower_bound(lengths, CAPACITY, **kw)
+            row.update(limits=limits, peak_rss_mb=peak, lower_bound_all_limits=bound["bound"],
+                       lower_bounds_by_dimension=bound, over_lower_bound_all_limits=row["bins"] / bound["bound"] - 1,
+                       time_vs_one_d=wall / res["seconds"] if res.get("seconds") else None)
             res[name] = row
     return res
 
@@ -221,7 +220,7 @@ def print_row(row: dict) -> None:
             r["lower_bound"], r["over_lower_bound"])
         print(f"{name:<19}{r['bins']:>11,}{lb:>11,}{r['efficiency']:>9.4%}{over:>10.2e}"
               f"{r['seconds']:>9.3f}{r['samples_per_s']:>13,.0f}{ratio:>8.1f}{rss:>10}")
-    print("(ours+... rows: lower bound over tokens, images and image tokens; ours x = ours / that row)")
+    print("(ours+... rows: multidim_lower_bound: tokens, images, image tokens, samples; ours x = ours / that row)")
     if "trl_skipped" in row:
         print(f"TRL skipped: {row['trl_skipped']}")
 

@@ -65,10 +65,10 @@ def _plan(ctx: Context, dataset: str) -> None:
         # Cutting inside an image's tokens would break it: only text after the images may go.
         truncated = over & (img_tok + 2 * n_img + 16 <= cfg.capacity)
         lengths = np.where(truncated, cfg.capacity, lengths)
-    bins = pack_lengths(lengths, cfg.capacity, max_samples=cfg.max_samples_per_bin,
-                        max_images=cfg.max_images_per_bin, images=n_img,
-                        max_image_tokens=cfg.max_image_tokens_per_bin, image_tokens=img_tok)
-    stats = pack_stats(lengths, bins, cfg.capacity)
+    limits = dict(max_samples=cfg.max_samples_per_bin, max_images=cfg.max_images_per_bin, images=n_img,
+                  max_image_tokens=cfg.max_image_tokens_per_bin, image_tokens=img_tok)
+    bins = pack_lengths(lengths, cfg.capacity, **limits)
+    stats = pack_stats(lengths, bins, cfg.capacity, **limits)
     stats["truncated"] = int(truncated.sum())
     placed = np.flatnonzero(bins >= 0)
     order = placed[np.lexsort((-lengths[placed], bins[placed]))]  # by bin, longest sub-sample first
