@@ -108,6 +108,7 @@ bench: install
 	$(PY) bench/topk_bench.py
 	$(PY) bench/balance_bench.py
 	$(PY) bench/pack_bench.py --full
+	$(PY) bench/pack_limits_bench.py
 	$(PY) bench/lengths_bench.py
 	$(PY) bench/tokens_bench.py
 	$(PY) bench/decode_bench.py

@@ -55,9 +55,34 @@ def multidim_lower_bound(lengths, capacity: int, *, max_samples: int | None = No
         vol = int(arr[ok].sum())
         out[name] = -(-vol // lim) if lim > 0 else (0 if vol == 0 else math.inf)
         out[name + "_l2"] = _l2(arr[ok], lim) if lim > 0 else out[name]
+    if p.max_tokens >= 0 and p.max_tokens < p.capacity:
+        out["image_tokens_and_text"] = _text_over_budget(ln[ok], p.tokens[ok].astype(np.int64), p.capacity,
+                                                         p.max_tokens)
     n = int(ok.sum())
     out["samples"] = -(-n // p.max_samples)
     out["bound"] = max(out.values()) if n else 0
     return out
 
 
+
+
+def _text_over_budget(lengths: np.ndarray, image_tokens: np.ndarray, capacity: int, budget: int) -> int:
+    """Image tokens and text together. A bin holds at most `budget` image tokens and `capacity` tokens,
+    so for any t in [0, capacity - budget]:
+    image tokens + sum over samples of max(0, text - t) <= capacity - t per bin (a bin with text
+    X <= t has image tokens <= budget <= capacity - t; one with X > t has image tokens + X - t <=
+    capacity - t; and max(0, . - t) is superadditive, so per-sample excesses sum to at most the
+    bin's). Hence bins >= (image tokens + sum max(0, text - t)) / (capacity - t) for every t; the
+    ratio is monotone between the text sizes, so the best t is one of them or an end. t = 0 is the
+    token bound; the gain comes from samples with much text, which no bin can fill with images."""
+    if lengths.size == 0:
+        return 0
+    text = np.maximum(lengths - image_tokens, 0)
+    top = capacity - budget
+    ts = np.unique(np.concatenate([[0, top], text[text < top]]))
+    xs = np.sort(text)
+    suffix = np.concatenate([np.cumsum(xs[::-1])[::-1], [0]])  # sum of xs[k:]
+    k = np.searchsorted(xs, ts, side="right")  # samples with text > t start at k
+    excess = suffix[k] - ts * (xs.size - k)
+    need = int(image_tokens.sum()) + excess
+    return int((-(-need // (capacity - ts))).max())

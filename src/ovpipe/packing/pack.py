@@ -23,7 +23,7 @@ import pyarrow as pa
 from ovpipe import manifest, sharded, storage
 from ovpipe.data import tables
 from ovpipe.data.shards import fetch_ordered
-from ovpipe.packing import pack_lengths, pack_stats
+from ovpipe.packing import pack_lengths, pack_multidim, pack_stats
 from ovpipe.packing.datasets import dataset_shards, sample_turns, step_name
 from ovpipe.packing.images import image_size, image_tokens
 from ovpipe.packing.packed_shards import SubSample, write_energon_metadata, write_packed_shard
@@ -67,7 +67,10 @@ def _plan(ctx: Context, dataset: str) -> None:
         lengths = np.where(truncated, cfg.capacity, lengths)
     limits = dict(max_samples=cfg.max_samples_per_bin, max_images=cfg.max_images_per_bin, images=n_img,
                   max_image_tokens=cfg.max_image_tokens_per_bin, image_tokens=img_tok)
-    bins = pack_lengths(lengths, cfg.capacity, **limits)
+    # image limits are dimensions of their own (multidim.py); without them best fit on tokens alone
+    packer = pack_multidim if cfg.max_images_per_bin is not None or cfg.max_image_tokens_per_bin is not None \
+        else pack_lengths
+    bins = packer(lengths, cfg.capacity, **limits)
     stats = pack_stats(lengths, bins, cfg.capacity, **limits)
     stats["truncated"] = int(truncated.sum())
     placed = np.flatnonzero(bins >= 0)

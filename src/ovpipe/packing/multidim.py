@@ -1,0 +1,356 @@
+"""Packing under per-sequence image limits (image tokens, images, samples), bin by bin.
+
+Why not best-fit-decreasing on length (bfd.py): with an image-token budget below the capacity, image
+tokens bind (their volume bound is the largest), a bin full of image tokens has only
+capacity - budget tokens left for text while the average bin needs nearly all of that, and text per
+sample is heavy-tailed; BFD also leaves the small-image samples to the last bins, which then hit the
+image count. So bins are filled one at a time, each to its image budget, with the text kept on pace.
+
+Rules, shared by the numba kernel (`pack_multidim`) and its plain-Python oracle (`reference_multidim`).
+"Primary" is image tokens when that limit is set, else images; P its limit. Samples with any image
+or image token are "visual", the others "text". Orders (ties by sample index):
+  S: visual by primary size, descending;  D: visual by difficulty max(size_d / limit_d over length and
+  the set limits), descending;  T: text by length, descending.
+* Paces, from the unused visual samples when a bin opens: length and images per primary unit; and the
+  level = unused length (visual + text) * P / unused primary (the tokens per bin if all were equal).
+* A bin opens with the first unused sample of D (text-heavy samples become seeds, not leftovers).
+* Fill: while the primary room is over CLOSE/8 of the unused visual samples' mean primary size, the
+  walk starts at a position of S spread over the unused pool by the golden-ratio sequence (each bin
+  gets a mix of sizes, not the largest first); below that at the first sample with size
+  <= min(room, TARGET/8 * mean), so the last gap is closed by a near-mean sample. From the start,
+  look at <= WALK unused samples; of the first `window` that fit every limit take the one with the
+  least |length - pace| / capacity + |images - pace| / max_images (the bin's totals with it; the
+  second term only with both image limits); nothing: retry from the largest sample that fits the
+  room; still nothing: the fill ends.
+* Top-up: while it fits and the bin stays <= level + SLACK, the first unused sample of T whose length
+  fits (spreads the scarce text over all bins instead of the first ones).
+* A bin stops at max_samples. When D is used up, the unused text samples go to bfd's `pack_lengths`
+  (max_samples only); their bins follow.
+* -1: as bfd (length <= 0 or > capacity, or over a per-bin image limit alone).
+
+Kernel: "first unused at or after position k" of S and T by union-find with path halving (a used
+position links to the next), so used samples cost nothing to skip; binary search on the sorted sizes.
+O(n * window) after the sorts.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+import numpy as np
+
+from ovpipe.packing.bfd import _jit, _prepare, numba, reference_bfd
+from ovpipe.packing.bfd import pack_lengths as _bfd
+from ovpipe.packing.multidim_bound import multidim_lower_bound
+
+__all__ = ["multidim_lower_bound", "pack_multidim", "reference_multidim"]
+
+WINDOW = 32  # fitting candidates tried per step
+WALK = 128  # samples looked at per step (those over a limit included)
+CLOSE = 12  # while the room exceeds CLOSE/8 mean sizes, walks start spread over the pool
+GOLDEN = 0.6180339887498949  # start positions spread over the pool by the golden-ratio sequence
+TARGET = 8  # fill aims at TARGET/8 times the unused samples' mean primary size
+SLACK = 0  # tokens a top-up may go over the level
+W_LN, W_IM = 1.0, 1.0  # weights of the length and image-count deviations from pace
+
+
+# ---------------------------------------------------------------- shared plan
+
+def _plan(p):
+    """Sizes (int64), limits (unset: a bound nothing reaches) and the orders S, D, T."""
+    ln = p.lengths.astype(np.int64)
+    n = ln.size
+    use_img, use_tok = p.max_images >= 0, p.max_tokens >= 0
+    im = p.images.astype(np.int64) if use_img else np.zeros(n, np.int64)
+    it = p.tokens.astype(np.int64) if use_tok else np.zeros(n, np.int64)
+    big = np.int64(1) << 40
+    cap_im = p.max_images if use_img else big
+    cap_it = p.max_tokens if use_tok else big
+    ok = (ln > 0) & (ln <= p.capacity) & (im <= cap_im) & (it <= cap_it)
+    prim, cap_p = (it, cap_it) if use_tok else (im, cap_im)
+    vis = ok & ((prim > 0) | (im > 0) | (it > 0))  # text samples (T) must carry no image at all
+    idx = np.arange(n)
+    # difficulty as float64: IEEE division is exact-rounded, so numpy and Python agree
+    diff = ln / p.capacity
+    if use_tok and cap_it > 0:
+        diff = np.maximum(diff, it / cap_it)
+    if use_img and cap_im > 0:
+        diff = np.maximum(diff, im / cap_im)
+    v = idx[vis]
+    S = v[np.lexsort((v, -prim[v]))]
+    D = v[np.lexsort((v, -diff[v]))]
+    t = idx[ok & ~vis]
+    T = t[np.lexsort((t, -ln[t]))]
+    caps = np.array([p.capacity, cap_p, cap_im, cap_it, p.max_samples], np.int64)
+    return ln, im, it, prim, ok, S, D, T, caps
+
+
+def _weights(p):
+    """Score weights of the length and image-count deviations from pace (image count only when it is
+    a limit of its own, beside image tokens)."""
+    return W_LN / float(p.capacity), W_IM / float(p.max_images) if p.max_tokens >= 0 and p.max_images > 0 else 0.0
+
+
+def _finish(p, out, ln, T, nb, used, reference):
+    """Unused text samples: 1-D best fit after the bins so far."""
+    rest = np.array([i for i in T.tolist() if not used[i]], np.int64) if reference else T[~used[T]]
+    if rest.size:
+        rest.sort()  # index order: bfd sorts by length itself, ties by position
+        fn = reference_bfd if reference else _bfd
+        b = fn(ln[rest], p.capacity, max_samples=p.max_samples)
+        out[rest] = b + nb
+
+
+# ---------------------------------------------------------------- numba kernel
+
+@_jit(inline="always")
+def _root(link, k):
+    """First unused position >= k (link[k] == k: unused; the sentinel at the end is never used)."""
+    while link[k] != k:
+        link[k] = link[link[k]]
+        k = link[k]
+    return k
+
+
+@_jit
+def _first_le(keys, x):
+    """First position of a descending array with keys[pos] <= x (binary search)."""
+    lo, hi = 0, keys.size
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if keys[mid] <= x:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+@_jit
+def _kernel(ln, im, it, prim, S, D, T, caps, window, walk, target, close, w_ln, w_im, slack, out, used):
+    cap, cap_p, cap_im, cap_it, max_s = caps[0], caps[1], caps[2], caps[3], caps[4]
+    ns, nt = S.size, T.size
+    skey = np.empty(ns, np.int64)
+    pos = np.empty(ln.size, np.int64)  # sample -> its position in S
+    rem = np.zeros(5, np.int64)  # unused visual: primary, count, length, images; unused text: length
+    sz = np.empty((ns, 3), np.int64)  # length, images, image tokens in S order: the walks read it in sequence
+    for k in range(ns):
+        c = S[k]
+        skey[k] = prim[c]
+        sz[k, 0], sz[k, 1], sz[k, 2] = ln[c], im[c], it[c]
+        pos[c] = k
+        rem[0] += prim[c]
+        rem[2] += ln[c]
+        rem[3] += im[c]
+    rem[1] = ns
+    tkey = np.empty(nt, np.int64)
+    for k in range(nt):
+        tkey[k] = ln[T[k]]
+        rem[4] += ln[T[k]]
+    slink = np.arange(ns + 1)
+    tlink = np.arange(nt + 1)
+    nb = 0
+    dp = 0
+    phase = 0.0
+    while True:
+        while dp < D.size and used[D[dp]]:
+            dp += 1
+        if dp == D.size:
+            break
+        b = nb
+        nb += 1
+        # paces from the unused pool (self-correcting): length and images per primary unit, and the
+        # token level a bin should reach if every remaining bin got the same
+        vol = max(rem[0], 1)
+        ratio_ln, ratio_im = rem[2] / vol, rem[3] / vol
+        level = (rem[2] + rem[4]) * cap_p // vol
+        i = D[dp]
+        _take(i, b, pos[i], slink, used, out, rem, prim, ln, im)
+        u_ln, u_p, u_im, u_it, cnt = ln[i], prim[i], im[i], it[i], 1
+        while cnt < max_s:  # fill from S
+            # aim at the pool's mean size (times target/8), the room once below that: a large seed
+            # plus mean-sized samples, the last gap closed by the largest that fits
+            room_p = cap_p - u_p
+            mean = max(1, rem[0] // max(rem[1], 1))
+            lo = _first_le(skey, room_p)
+            if room_p > close * mean // 8:
+                phase = (phase + GOLDEN) % 1.0
+                k0 = lo + int(phase * (ns - lo))
+            else:
+                k0 = _first_le(skey, min(room_p, max(1, target * mean // 8)))
+            best = _pick(skey, slink, sz, k0, cap, cap_im, cap_it, window, walk,
+                         u_ln, u_p, u_im, u_it, ratio_ln, ratio_im, w_ln, w_im)
+            if best < 0 and k0 > lo:  # nothing near the aim: the largest that fits
+                best = _pick(skey, slink, sz, lo, cap, cap_im, cap_it, window, walk,
+                             u_ln, u_p, u_im, u_it, ratio_ln, ratio_im, w_ln, w_im)
+            if best < 0:
+                break
+            c = S[best]
+            _take(c, b, best, slink, used, out, rem, prim, ln, im)
+            u_ln += ln[c]
+            u_p += prim[c]
+            u_im += im[c]
+            u_it += it[c]
+            cnt += 1
+        while cnt < max_s:  # top up from T, to the level (+ slack): unused text is spread evenly
+            room = min(cap - u_ln, level + slack - u_ln)
+            if room <= 0:
+                break
+            k = _root(tlink, _first_le(tkey, room))
+            if k >= nt:
+                break
+            c = T[k]
+            used[c] = True
+            tlink[k] = k + 1
+            rem[4] -= ln[c]
+            out[c] = b
+            u_ln += ln[c]
+            cnt += 1
+    return nb
+
+
+@_jit
+def _pick(skey, slink, sz, aim, cap, cap_im, cap_it, window, walk, u_ln, u_p, u_im, u_it,
+          ratio_ln, ratio_im, w_ln, w_im):
+    """Of the first `window` unused samples from size `aim` down that fit every limit (at most `walk`
+    looked at), the position of the one closest to pace, or -1."""
+    k = _root(slink, aim)
+    best, best_score, seen, fits = -1, 0.0, 0, 0
+    while k < skey.size and seen < walk and fits < window:
+        seen += 1
+        c_ln, c_im, c_it = sz[k, 0], sz[k, 1], sz[k, 2]
+        if u_ln + c_ln <= cap and u_im + c_im <= cap_im and u_it + c_it <= cap_it:
+            fits += 1
+            q = u_p + skey[k]
+            score = abs(u_ln + c_ln - ratio_ln * q) * w_ln + abs(u_im + c_im - ratio_im * q) * w_im
+            if best < 0 or score < best_score:
+                best, best_score = k, score
+        k = _root(slink, k + 1)
+    return best
+
+
+@_jit(inline="always")
+def _take(c, b, k, slink, used, out, rem, prim, ln, im):
+    used[c] = True
+    out[c] = b
+    slink[k] = k + 1
+    rem[0] -= prim[c]
+    rem[1] -= 1
+    rem[2] -= ln[c]
+    rem[3] -= im[c]
+
+
+# ---------------------------------------------------------------- public API
+
+def _inputs(lengths, capacity, max_samples, max_images, images, max_image_tokens, image_tokens):
+    return _prepare(lengths, capacity, max_samples, max_images, images, max_image_tokens, image_tokens, 1)
+
+
+def pack_multidim(lengths, capacity: int, *, max_samples: int | None = None, max_images: int | None = None,
+                  images=None, max_image_tokens: int | None = None, image_tokens=None,
+                  window: int | None = None) -> np.ndarray:
+    """Bin id (int64) per sample under every per-bin limit (see module doc); -1 as bfd."""
+    p = _inputs(lengths, capacity, max_samples, max_images, images, max_image_tokens, image_tokens)
+    if numba is None:  # pragma: no cover
+        return reference_multidim(lengths, capacity, max_samples=max_samples, max_images=max_images, images=images,
+                                  max_image_tokens=max_image_tokens, image_tokens=image_tokens, window=window)
+    window = WINDOW if window is None else window
+    ln, im, it, prim, ok, S, D, T, caps = _plan(p)
+    out = np.full(ln.size, -1, np.int64)
+    used = np.zeros(ln.size, np.bool_)
+    nb = _kernel(ln, im, it, prim, S, D, T, caps, window, WALK, TARGET, CLOSE, *_weights(p), SLACK, out, used)
+    _finish(p, out, ln, T, nb, used, False)
+    return out
+
+
+# ---------------------------------------------------------------- plain-Python oracle
+
+def reference_multidim(lengths, capacity: int, *, max_samples: int | None = None, max_images: int | None = None,
+                       images=None, max_image_tokens: int | None = None, image_tokens=None,
+                       window: int | None = None) -> np.ndarray:
+    """`pack_multidim`'s rules with sorted lists of unused positions (bisect): the test oracle."""
+    window = WINDOW if window is None else window
+    p = _inputs(lengths, capacity, max_samples, max_images, images, max_image_tokens, image_tokens)
+    ln_a, im_a, it_a, prim_a, ok, S_a, D_a, T_a, caps = _plan(p)
+    ln, im, it, prim = (a.tolist() for a in (ln_a, im_a, it_a, prim_a))
+    S, D, T = S_a.tolist(), D_a.tolist(), T_a.tolist()
+    cap, cap_p, cap_im, cap_it, max_s = caps.tolist()
+    w_ln, w_im = _weights(p)
+    neg_s = [-prim[i] for i in S]  # ascending, for bisect: first position with size <= x
+    neg_t = [-ln[i] for i in T]
+    pos = {i: k for k, i in enumerate(S)}
+    free_s, free_t = list(range(len(S))), list(range(len(T)))  # unused positions, sorted
+    used = [False] * len(ln)
+    out = [-1] * len(ln)
+    rem = {"vol": sum(prim[i] for i in S), "cnt": len(S), "ln": sum(ln[i] for i in S), "im": sum(im[i] for i in S),
+           "text": sum(ln[i] for i in T)}
+
+    def take(c, b):
+        used[c], out[c] = True, b
+        del free_s[bisect.bisect_left(free_s, pos[c])]
+        rem["vol"] -= prim[c]
+        rem["cnt"] -= 1
+        rem["ln"] -= ln[c]
+        rem["im"] -= im[c]
+
+    def first_le(x):  # first position of S with size <= x
+        return bisect.bisect_left(neg_s, -x)
+
+    def pick(k0, u):
+        best, best_score, fits = None, 0.0, 0
+        j = bisect.bisect_left(free_s, k0)
+        for k in free_s[j:j + WALK]:
+            c = S[k]
+            if u[0] + ln[c] <= cap and u[2] + im[c] <= cap_im and u[3] + it[c] <= cap_it:
+                fits += 1
+                q = u[1] + prim[c]
+                score = abs(u[0] + ln[c] - ratio_ln * q) * w_ln + abs(u[2] + im[c] - ratio_im * q) * w_im
+                if best is None or score < best_score:
+                    best, best_score = c, score
+                if fits >= window:
+                    break
+        return best
+
+    nb, phase = 0, 0.0
+    for i in D:
+        if used[i]:
+            continue
+        b, nb = nb, nb + 1
+        vol = max(rem["vol"], 1)
+        ratio_ln, ratio_im = rem["ln"] / vol, rem["im"] / vol
+        level = (rem["ln"] + rem["text"]) * cap_p // vol
+        take(i, b)
+        u = [ln[i], prim[i], im[i], it[i]]
+        cnt = 1
+        while cnt < max_s:
+            room_p = cap_p - u[1]
+            mean = max(1, rem["vol"] // max(rem["cnt"], 1))
+            lo = first_le(room_p)
+            if room_p > CLOSE * mean // 8:
+                phase = (phase + GOLDEN) % 1.0
+                k0 = lo + int(phase * (len(S) - lo))
+            else:
+                k0 = first_le(min(room_p, max(1, TARGET * mean // 8)))
+            c = pick(k0, u)
+            if c is None and k0 > lo:
+                c = pick(lo, u)
+            if c is None:
+                break
+            take(c, b)
+            u = [u[0] + ln[c], u[1] + prim[c], u[2] + im[c], u[3] + it[c]]
+            cnt += 1
+        while cnt < max_s:
+            room = min(cap - u[0], level + SLACK - u[0])
+            if room <= 0:
+                break
+            j = bisect.bisect_left(free_t, bisect.bisect_left(neg_t, -room))
+            if j == len(free_t):
+                break
+            k = free_t.pop(j)
+            c = T[k]
+            used[c], out[c] = True, b
+            rem["text"] -= ln[c]
+            u[0] += ln[c]
+            cnt += 1
+    out = np.array(out, np.int64)
+    _finish(p, out, ln_a, T_a, nb, np.array(used, bool), True)
+    return out
