@@ -4,10 +4,10 @@ temporary, read it back for its sha256, then copy or upload it: three passes ove
 
 Local: written under a temporary name beside the destination (as storage.put_file does), made
 durable (fsync, then the rename and the folder's entry), so a shard whose marker exists survives a
-power cut with it; a background fdatasync every SYNC_BYTES keeps the disk writing while the CPU works,
-leaving the final fsync little to do. S3: parts of PART_BYTES uploaded by background threads while writing goes on,
-made visible only by CompleteMultipartUpload (one PUT when the whole object is smaller than a part);
-abort() drops the upload. Either way nothing partial is ever visible under the final name.
+power cut with it; a background fdatasync every SYNC_BYTES keeps the disk writing while the CPU
+works, leaving the final fsync little to do. S3: parts of PART_BYTES uploaded by background threads
+while writing goes on, made visible only by CompleteMultipartUpload (one PUT when the whole object is
+smaller than a part); abort() drops the upload. Either way nothing partial is ever visible under the final name.
 The sha256 runs in its own thread over the same buffers (hashlib releases the GIL on large updates):
 it costs about as much as the copy itself, so overlapping it is most of the speed.
 """

@@ -47,6 +47,7 @@ __all__ = ["multidim_lower_bound", "pack_multidim", "reference_multidim"]
 
 WINDOW = 32  # fitting candidates tried per step
 WALK = 128  # samples looked at per step (those over a limit included)
+TABLE_MAX = 1 << 20  # sizes up to this are looked up in a table, larger ones binary-searched
 CLOSE = 12  # while the room exceeds CLOSE/8 mean sizes, walks start spread over the pool
 GOLDEN = 0.6180339887498949  # start positions spread over the pool by the golden-ratio sequence
 TARGET = 8  # fill aims at TARGET/8 times the unused samples' mean primary size
@@ -113,6 +114,32 @@ def _root(link, k):
 
 
 @_jit
+def _le_table(keys):
+    """table[v] = first position of the descending `keys` with keys[pos] <= v, for v below
+    TABLE_MAX (or the largest key): a lookup in cache where a binary search over millions of
+    keys misses it about log2(n) times."""
+    top = min(keys[0] if keys.size else 0, TABLE_MAX)
+    table = np.zeros(top + 1, np.int64)
+    for k in range(keys.size):
+        if keys[k] <= top:
+            table[keys[k]] += 1
+    below = 0  # keys <= v
+    for v in range(top + 1):
+        below += table[v]
+        table[v] = keys.size - below
+    return table
+
+
+@_jit(inline="always")
+def _first_le_in(table, keys, x):
+    if x < 0:
+        return keys.size
+    if x < table.size:
+        return table[x]
+    return _first_le(keys, x)
+
+
+@_jit
 def _first_le(keys, x):
     """First position of a descending array with keys[pos] <= x (binary search)."""
     lo, hi = 0, keys.size
@@ -126,17 +153,19 @@ def _first_le(keys, x):
 
 
 @_jit
-def _kernel(ln, im, it, prim, S, D, T, caps, window, walk, target, close, w_ln, w_im, slack, out, used):
+def _kernel(ln, im, it, prim, S, D, T, caps, window, walk, target, close, w_ln, w_im, slack, out, used,
+            skey, sz, slink):
+    """skey, sz, slink: empty arrays of S's size (slink one more), int32 where the sizes allow: the walks
+    read them at random starts, so their width is most of the time at scale (cache misses)."""
     cap, cap_p, cap_im, cap_it, max_s = caps[0], caps[1], caps[2], caps[3], caps[4]
     ns, nt = S.size, T.size
-    skey = np.empty(ns, np.int64)
     pos = np.empty(ln.size, np.int64)  # sample -> its position in S
     rem = np.zeros(5, np.int64)  # unused visual: primary, count, length, images; unused text: length
-    sz = np.empty((ns, 3), np.int64)  # length, images, image tokens in S order: the walks read it in sequence
-    for k in range(ns):
+    for k in range(ns):  # sz: length, images, image tokens in S order (the walks read it in sequence)
         c = S[k]
         skey[k] = prim[c]
         sz[k, 0], sz[k, 1], sz[k, 2] = ln[c], im[c], it[c]
+        slink[k] = k
         pos[c] = k
         rem[0] += prim[c]
         rem[2] += ln[c]
@@ -146,8 +175,9 @@ def _kernel(ln, im, it, prim, S, D, T, caps, window, walk, target, close, w_ln, 
     for k in range(nt):
         tkey[k] = ln[T[k]]
         rem[4] += ln[T[k]]
-    slink = np.arange(ns + 1)
+    slink[ns] = ns
     tlink = np.arange(nt + 1)
+    stab, ttab = _le_table(skey), _le_table(tkey)
     nb = 0
     dp = 0
     phase = 0.0
@@ -164,19 +194,19 @@ def _kernel(ln, im, it, prim, S, D, T, caps, window, walk, target, close, w_ln, 
         ratio_ln, ratio_im = rem[2] / vol, rem[3] / vol
         level = (rem[2] + rem[4]) * cap_p // vol
         i = D[dp]
-        _take(i, b, pos[i], slink, used, out, rem, prim, ln, im)
+        _take(i, b, pos[i], slink, used, out, rem, skey, sz)
         u_ln, u_p, u_im, u_it, cnt = ln[i], prim[i], im[i], it[i], 1
         while cnt < max_s:  # fill from S
             # aim at the pool's mean size (times target/8), the room once below that: a large seed
             # plus mean-sized samples, the last gap closed by the largest that fits
             room_p = cap_p - u_p
             mean = max(1, rem[0] // max(rem[1], 1))
-            lo = _first_le(skey, room_p)
+            lo = _first_le_in(stab, skey, room_p)
             if room_p > close * mean // 8:
                 phase = (phase + GOLDEN) % 1.0
                 k0 = lo + int(phase * (ns - lo))
             else:
-                k0 = _first_le(skey, min(room_p, max(1, target * mean // 8)))
+                k0 = _first_le_in(stab, skey, min(room_p, max(1, target * mean // 8)))
             best = _pick(skey, slink, sz, k0, cap, cap_im, cap_it, window, walk,
                          u_ln, u_p, u_im, u_it, ratio_ln, ratio_im, w_ln, w_im)
             if best < 0 and k0 > lo:  # nothing near the aim: the largest that fits
@@ -184,26 +214,25 @@ def _kernel(ln, im, it, prim, S, D, T, caps, window, walk, target, close, w_ln, 
                              u_ln, u_p, u_im, u_it, ratio_ln, ratio_im, w_ln, w_im)
             if best < 0:
                 break
-            c = S[best]
-            _take(c, b, best, slink, used, out, rem, prim, ln, im)
-            u_ln += ln[c]
-            u_p += prim[c]
-            u_im += im[c]
-            u_it += it[c]
+            _take(S[best], b, best, slink, used, out, rem, skey, sz)
+            u_ln += sz[best, 0]  # sizes read in S order, where the walk just was (not by sample id)
+            u_p += skey[best]
+            u_im += sz[best, 1]
+            u_it += sz[best, 2]
             cnt += 1
         while cnt < max_s:  # top up from T, to the level (+ slack): unused text is spread evenly
             room = min(cap - u_ln, level + slack - u_ln)
             if room <= 0:
                 break
-            k = _root(tlink, _first_le(tkey, room))
+            k = _root(tlink, _first_le_in(ttab, tkey, room))
             if k >= nt:
                 break
             c = T[k]
             used[c] = True
             tlink[k] = k + 1
-            rem[4] -= ln[c]
+            rem[4] -= tkey[k]
             out[c] = b
-            u_ln += ln[c]
+            u_ln += tkey[k]
             cnt += 1
     return nb
 
@@ -229,14 +258,15 @@ def _pick(skey, slink, sz, aim, cap, cap_im, cap_it, window, walk, u_ln, u_p, u_
 
 
 @_jit(inline="always")
-def _take(c, b, k, slink, used, out, rem, prim, ln, im):
+def _take(c, b, k, slink, used, out, rem, skey, sz):
+    """Sample c, at position k of S, into bin b."""
     used[c] = True
     out[c] = b
     slink[k] = k + 1
-    rem[0] -= prim[c]
+    rem[0] -= skey[k]
     rem[1] -= 1
-    rem[2] -= ln[c]
-    rem[3] -= im[c]
+    rem[2] -= sz[k, 0]
+    rem[3] -= sz[k, 1]
 
 
 # ---------------------------------------------------------------- public API
@@ -257,7 +287,10 @@ def pack_multidim(lengths, capacity: int, *, max_samples: int | None = None, max
     ln, im, it, prim, ok, S, D, T, caps = _plan(p)
     out = np.full(ln.size, -1, np.int64)
     used = np.zeros(ln.size, np.bool_)
-    nb = _kernel(ln, im, it, prim, S, D, T, caps, window, WALK, TARGET, CLOSE, *_weights(p), SLACK, out, used)
+    narrow = max(int(caps[:4][caps[:4] < 1 << 40].max(initial=0)), ln.size + 1) < 1 << 31  # unset limits: 1 << 40
+    dt = np.int32 if narrow else np.int64
+    nb = _kernel(ln, im, it, prim, S, D, T, caps, window, WALK, TARGET, CLOSE, *_weights(p), SLACK, out, used,
+                 np.empty(S.size, dt), np.empty((S.size, 3), dt), np.empty(S.size + 1, dt))
     _finish(p, out, ln, T, nb, used, False)
     return out
 

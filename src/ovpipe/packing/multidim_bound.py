@@ -1,7 +1,7 @@
 """Lower bounds on the number of sequences of any packing within every per-sequence limit (tokens,
 image tokens, images, samples): packing quality is reported against these, not against tokens alone.
-Each is valid because a packing within all limits is, seen along one dimension alone, a 1-D packing
-of that dimension's sizes."""
+Per dimension they hold because a packing within all limits is, seen along that dimension alone, a
+1-D packing of its sizes; one more couples image tokens and text (`_text_over_budget`)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,8 @@ def multidim_lower_bound(lengths, capacity: int, *, max_samples: int | None = No
     """Lower bounds on the bins of any packing of the placeable samples that respects every limit.
     Each is valid because a packing within all limits is, seen along one dimension alone, a 1-D
     packing of that dimension's sizes: per dimension the volume bound ceil(sum / limit) and the
-    stronger L2 bound (`_l2`); `bound` is the largest."""
+    stronger L2 bound (`_l2`); with an image-token budget below the capacity also
+    "image_tokens_and_text" (`_text_over_budget`); `bound` is the largest."""
     p = _prepare(lengths, capacity, max_samples, max_images, images, max_image_tokens, image_tokens, 1)
     ln = p.lengths.astype(np.int64)
     ok = (ln > 0) & (ln <= p.capacity)
@@ -62,8 +63,6 @@ def multidim_lower_bound(lengths, capacity: int, *, max_samples: int | None = No
     out["samples"] = -(-n // p.max_samples)
     out["bound"] = max(out.values()) if n else 0
     return out
-
-
 
 
 def _text_over_budget(lengths: np.ndarray, image_tokens: np.ndarray, capacity: int, budget: int) -> int:
