@@ -107,3 +107,15 @@ def test_zero_budget_and_rejects():
     # max_images 0: samples with images cannot be placed; too long / empty as bfd
     got = pack_multidim([4, 4, 0, 11], 10, max_images=0, images=[1, 0, 0, 0])
     np.testing.assert_array_equal(got, [-1, 0, -1, -1])
+
+
+def test_tails_repacked_never_take_more_bins():
+    from ovpipe.packing.multidim import WINDOW, _inputs, _pack_once
+
+    lengths, images, tokens = _multimodal(20_000, 11)
+    kw = dict(max_samples=64, max_images=16, images=images, max_image_tokens=6144, image_tokens=tokens)
+    once = _pack_once(_inputs(lengths, 8192, 64, 16, images, 6144, tokens), WINDOW)
+    got = pack_multidim(lengths, 8192, **kw)
+    check_limits(lengths, 8192, got, **kw)
+    assert got.max() < once.max()  # this mix's tail packs tighter alone
+    np.testing.assert_array_equal(got[once < int(0.6 * (once.max() + 1))], once[once < int(0.6 * (once.max() + 1))])

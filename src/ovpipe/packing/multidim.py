@@ -27,6 +27,8 @@ or image token are "visual", the others "text". Orders (ties by sample index):
 * A bin stops at max_samples. When D is used up, the unused text samples go to bfd's `pack_lengths`
   (max_samples only); their bins follow.
 * -1: as bfd (length <= 0 or > capacity, or over a per-bin image limit alone).
+* Then the samples of the last 20% of the bins (TAILS) are packed again by these rules on their
+  own, and kept where that takes fewer bins (`_with_tails_repacked`).
 
 Kernel: "first unused at or after position k" of S and T by union-find with path halving (a used
 position links to the next), so used samples cost nothing to skip; binary search on the sorted sizes.
@@ -47,6 +49,7 @@ __all__ = ["multidim_lower_bound", "pack_multidim", "reference_multidim"]
 
 WINDOW = 32  # fitting candidates tried per step
 WALK = 128  # samples looked at per step (those over a limit included)
+TAILS = (0.2,)  # fractions of the last bins re-packed on their own, in turn (more: ~0.01% fewer bins for +55% time)
 TABLE_MAX = 1 << 20  # sizes up to this are looked up in a table, larger ones binary-searched
 CLOSE = 12  # while the room exceeds CLOSE/8 mean sizes, walks start spread over the pool
 GOLDEN = 0.6180339887498949  # start positions spread over the pool by the golden-ratio sequence
@@ -283,7 +286,10 @@ def pack_multidim(lengths, capacity: int, *, max_samples: int | None = None, max
     if numba is None:  # pragma: no cover
         return reference_multidim(lengths, capacity, max_samples=max_samples, max_images=max_images, images=images,
                                   max_image_tokens=max_image_tokens, image_tokens=image_tokens, window=window)
-    window = WINDOW if window is None else window
+    return _with_tails_repacked(_pack_once, p, WINDOW if window is None else window)
+
+
+def _pack_once(p, window: int) -> np.ndarray:
     ln, im, it, prim, ok, S, D, T, caps = _plan(p)
     out = np.full(ln.size, -1, np.int64)
     used = np.zeros(ln.size, np.bool_)
@@ -295,14 +301,41 @@ def pack_multidim(lengths, capacity: int, *, max_samples: int | None = None, max
     return out
 
 
+def _with_tails_repacked(once, p, window: int) -> np.ndarray:
+    """`once`'s packing, then for each fraction f of TAILS the samples of the last f of the bins packed
+    again on their own (kept when that takes fewer bins). The last bins get what the paces of the whole
+    pool left over; packed alone, those samples get paces of their own (bench/pack_limits_bench.py:
+    +0.77% over the bound -> +0.54%, for ~25% more time)."""
+    out = once(p, window)
+    for frac in TAILS:
+        nb = int(out.max()) + 1 if out.size else 0
+        cut = int(nb * (1 - frac))
+        if nb - cut < 2:
+            continue
+        tail = np.flatnonzero(out >= cut)
+        part = p._replace(lengths=p.lengths[tail], images=_part(p.images, tail, p.lengths.size),
+                          tokens=_part(p.tokens, tail, p.lengths.size))
+        again = once(part, window)
+        if int(again.max()) + 1 < nb - cut and (again >= 0).all():
+            out[tail] = again + cut
+    return out
+
+
+def _part(per_sample: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+    return per_sample[rows] if per_sample.size == n else per_sample
+
+
 # ---------------------------------------------------------------- plain-Python oracle
 
 def reference_multidim(lengths, capacity: int, *, max_samples: int | None = None, max_images: int | None = None,
                        images=None, max_image_tokens: int | None = None, image_tokens=None,
                        window: int | None = None) -> np.ndarray:
     """`pack_multidim`'s rules with sorted lists of unused positions (bisect): the test oracle."""
-    window = WINDOW if window is None else window
     p = _inputs(lengths, capacity, max_samples, max_images, images, max_image_tokens, image_tokens)
+    return _with_tails_repacked(_reference_once, p, WINDOW if window is None else window)
+
+
+def _reference_once(p, window: int) -> np.ndarray:
     ln_a, im_a, it_a, prim_a, ok, S_a, D_a, T_a, caps = _plan(p)
     ln, im, it, prim = (a.tolist() for a in (ln_a, im_a, it_a, prim_a))
     S, D, T = S_a.tolist(), D_a.tolist(), T_a.tolist()
