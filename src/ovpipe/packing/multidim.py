@@ -31,8 +31,8 @@ or image token are "visual", the others "text". Orders (ties by sample index):
   own, and kept where that takes fewer bins (`_with_tails_repacked`).
 
 Kernel: "first unused at or after position k" of S and T by union-find with path halving (a used
-position links to the next), so used samples cost nothing to skip; binary search on the sorted sizes.
-O(n * window) after the sorts.
+position links to the next), so used samples cost nothing to skip; "first size <= x" by a table
+(a binary search beyond TABLE_MAX). O(n * window) after the sorts.
 """
 
 from __future__ import annotations
