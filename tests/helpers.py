@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from ovpipe import storage
@@ -87,3 +88,14 @@ def raw_names(root: str) -> list[str]:
         resp = storage.s3_client().list_objects_v2(Bucket=bucket, Prefix=key + "/")
         return sorted(o["Key"][len(key) + 1:] for o in resp.get("Contents", []))
     return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+
+
+def multimodal_sizes(n: int, seed: int):
+    """(lengths, images, image tokens) per sample, int64: pack_bench's mix (10% text only, mostly one
+    image of lognormal tokens, heavy-tailed text), capacity 8192."""
+    rng = np.random.default_rng(seed)
+    k = rng.choice(5, n, p=[0.10, 0.80, 0.06, 0.02, 0.02])
+    per = np.clip(np.rint(rng.lognormal(np.log(380), 0.85, (n, 4))), 64, 3265).astype(np.int64)
+    per[np.arange(4)[None, :] >= k[:, None]] = 0
+    tok = per.sum(1)
+    return np.minimum(tok + 24 + np.rint(rng.lognormal(np.log(80), 1.1, n)).astype(np.int64), 8192), k, tok

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from ovpipe.packing import multidim_lower_bound, pack_lengths, pack_multidim, reference_multidim
+from tests.helpers import multimodal_sizes
 
 
 def random_case(rng):
@@ -55,19 +56,10 @@ def test_kernel_equals_reference_on_random_inputs():
         check_limits(lengths, cap, got, **kw)
 
 
-def _multimodal(n, seed):
-    rng = np.random.default_rng(seed)
-    k = rng.choice(5, n, p=[0.10, 0.80, 0.06, 0.02, 0.02])
-    per = np.clip(np.rint(rng.lognormal(np.log(380), 0.85, (n, 4))), 64, 3265).astype(np.int64)
-    per[np.arange(4)[None, :] >= k[:, None]] = 0
-    tok = per.sum(1)
-    return np.minimum(tok + 24 + np.rint(rng.lognormal(np.log(80), 1.1, n)).astype(np.int64), 8192), k, tok
-
-
 @pytest.mark.parametrize("limits", [dict(max_samples=64, max_image_tokens=6144),
                                     dict(max_samples=64, max_images=16, max_image_tokens=6144)])
 def test_medium_multimodal_input_matches_reference_and_beats_bfd(limits):
-    lengths, images, tokens = _multimodal(20_000, 3)
+    lengths, images, tokens = multimodal_sizes(20_000, 3)
     kw = dict(limits, images=images, image_tokens=tokens)
     got = pack_multidim(lengths, 8192, **kw)
     np.testing.assert_array_equal(got, reference_multidim(lengths, 8192, **kw))
@@ -79,7 +71,7 @@ def test_medium_multimodal_input_matches_reference_and_beats_bfd(limits):
 
 
 def test_deterministic_and_dtype_independent():
-    lengths, images, tokens = _multimodal(5000, 4)
+    lengths, images, tokens = multimodal_sizes(5000, 4)
     kw = dict(max_samples=32, max_images=12, max_image_tokens=5000)
     a = pack_multidim(lengths, 8192, images=images, image_tokens=tokens, **kw)
     for cast in (np.int32, np.int64, lambda x: x.tolist()):
@@ -112,7 +104,7 @@ def test_zero_budget_and_rejects():
 def test_tails_repacked_never_take_more_bins():
     from ovpipe.packing.multidim import WINDOW, _inputs, _pack_once
 
-    lengths, images, tokens = _multimodal(20_000, 11)
+    lengths, images, tokens = multimodal_sizes(20_000, 11)
     kw = dict(max_samples=64, max_images=16, images=images, max_image_tokens=6144, image_tokens=tokens)
     once = _pack_once(_inputs(lengths, 8192, 64, 16, images, 6144, tokens), WINDOW)
     got = pack_multidim(lengths, 8192, **kw)

@@ -6,17 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ovpipe.packing import multidim_lower_bound, pack_lengths
-
-
-def _multimodal(n, seed):
-    rng = np.random.default_rng(seed)
-    k = rng.choice(5, n, p=[0.10, 0.80, 0.06, 0.02, 0.02])
-    per = np.clip(np.rint(rng.lognormal(np.log(380), 0.85, (n, 4))), 64, 3265).astype(np.int64)
-    per[np.arange(4)[None, :] >= k[:, None]] = 0
-    tok = per.sum(1)
-    return np.minimum(tok + 24 + np.rint(rng.lognormal(np.log(80), 1.1, n)).astype(np.int64), 8192), k, tok
-
-
+from tests.helpers import multimodal_sizes
 
 
 def _optimum(items, caps):
@@ -73,7 +63,7 @@ def test_l2_beats_volume_bound_on_large_items():
 def test_pack_stats_reports_the_multidim_bound():
     from ovpipe.packing import pack_stats
 
-    lengths, images, tokens = _multimodal(2000, 8)
+    lengths, images, tokens = multimodal_sizes(2000, 8)
     kw = dict(max_samples=64, max_images=16, images=images, max_image_tokens=6144, image_tokens=tokens)
     bins = pack_lengths(lengths, 8192, **kw)
     stats = pack_stats(lengths, bins, 8192, **kw)
