@@ -43,9 +43,8 @@ import numpy as np
 
 from ovpipe.packing.bfd import _jit, _prepare, numba, reference_bfd
 from ovpipe.packing.bfd import pack_lengths as _bfd
-from ovpipe.packing.multidim_bound import multidim_lower_bound
 
-__all__ = ["multidim_lower_bound", "pack_multidim", "reference_multidim"]
+__all__ = ["pack_multidim", "reference_multidim"]
 
 WINDOW = 32  # fitting candidates tried per step
 WALK = 128  # samples looked at per step (those over a limit included)
@@ -200,8 +199,8 @@ def _kernel(ln, im, it, prim, S, D, T, caps, window, walk, target, close, w_ln, 
         _take(i, b, pos[i], slink, used, out, rem, skey, sz)
         u_ln, u_p, u_im, u_it, cnt = ln[i], prim[i], im[i], it[i], 1
         while cnt < max_s:  # fill from S
-            # aim at the pool's mean size (times target/8), the room once below that: a large seed
-            # plus mean-sized samples, the last gap closed by the largest that fits
+            # a wide room: start anywhere in the fitting pool (golden-ratio sequence); a narrow one:
+            # near the pool's mean size (times target/8), then the largest that fits
             room_p = cap_p - u_p
             mean = max(1, rem[0] // max(rem[1], 1))
             lo = _first_le_in(stab, skey, room_p)
