@@ -65,7 +65,7 @@ def test_medium_multimodal_input_matches_reference_and_beats_bfd(limits):
     np.testing.assert_array_equal(got, reference_multidim(lengths, 8192, **kw))
     check_limits(lengths, 8192, got, **kw)
     bound = multidim_lower_bound(lengths, 8192, **kw)["bound"]
-    assert got.max() + 1 < 1.06 * bound
+    assert got.max() + 1 <= 1.007 * bound  # 1.0049 today (bench/pack_limits_bench.py: ~0.4% at scale)
     if "max_images" in limits:  # where bfd leaves the small-image samples to the last bins
         assert got.max() < pack_lengths(lengths, 8192, **kw).max()
 
@@ -93,6 +93,15 @@ def test_bin_by_bin_rules():
     np.testing.assert_array_equal(got, reference_multidim([10, 6, 2, 3], 20, max_image_tokens=10,
                                                           image_tokens=[9, 5, 1, 0]))
     assert got[0] == got[2] != got[1]
+
+
+def test_long_text_sample_seeds_a_bin_with_images():
+    # text over the room a full image budget leaves (16 > 20 - 10) opens a bin of its own and takes an
+    # image sample along, instead of being left to a text-only bin at the end
+    kw = dict(max_image_tokens=10, image_tokens=[0, 4, 4])
+    got = pack_multidim([16, 4, 4], 20, **kw)
+    np.testing.assert_array_equal(got, reference_multidim([16, 4, 4], 20, **kw))
+    assert got[0] == 0 and 0 in got[1:]
 
 
 def test_zero_budget_and_rejects():

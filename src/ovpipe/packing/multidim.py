@@ -6,22 +6,29 @@ capacity - budget tokens left for text while the average bin needs nearly all of
 sample is heavy-tailed; BFD also leaves the small-image samples to the last bins, which then hit the
 image count. So bins are filled one at a time, each to its image budget, with the text kept on pace.
 
-Rules, shared by the numba kernel (`pack_multidim`) and its plain-Python oracle (`reference_multidim`).
+Rules, shared by the numba kernel (`pack_multidim`) and its plain-Python oracle (multidim_reference.py).
 "Primary" is image tokens when that limit is set, else images; P its limit. Samples with any image
 or image token are "visual", the others "text". Orders (ties by sample index):
-  S: visual by primary size, descending;  D: visual by difficulty max(size_d / limit_d over length and
-  the set limits), descending;  T: text by length, descending.
+  S: visual by primary size, descending;  T: text by length, descending;  D: the seeds, visual samples
+  and, with an image-token budget B below the capacity C, text samples longer than C - B (the text
+  room of a bin full of image tokens: no top-up room fits them late, and packed among text alone each
+  of their tokens costs image room), by difficulty, descending: the largest of size_d / limit_d over
+  length and the set limits, and with B < C text / (C - B) times DIFF_TEXT scaled by the pool's spare
+  text room (1 - text * B / (image tokens * (C - B)), saturating at TEXT_SLACK): text-heavy samples
+  open bins while the low-text companions they need are still there; where text is scarce anyway
+  (the spare room is nil) it does not count.
 * Paces, from the unused visual samples when a bin opens: length and images per primary unit; and the
   level = unused length (visual + text) * P / unused primary (the tokens per bin if all were equal).
-* A bin opens with the first unused sample of D (text-heavy samples become seeds, not leftovers).
+* A bin opens with the first unused sample of D (a text seed only while visual samples are left).
 * Fill: while the primary room is over CLOSE/8 of the unused visual samples' mean primary size, the
   walk starts at a position of S spread over the unused pool by the golden-ratio sequence (each bin
   gets a mix of sizes, not the largest first); below that at the first sample with size
   <= min(room, TARGET/8 * mean), so the last gap is closed by a near-mean sample. From the start,
-  look at <= WALK unused samples; of the first `window` that fit every limit take the one with the
+  look at <= WALK unused samples; of the first `window` that fit every limit and leave a primary room
+  of 0 or at least the smallest unused primary size (a room no sample fills is lost) take the one with the
   least |length - pace| / capacity + |images - pace| / max_images (the bin's totals with it; the
   second term only with both image limits); nothing: retry from the largest sample that fits the
-  room; still nothing: the fill ends.
+  room; still nothing: both again without the room rule; still nothing: the fill ends.
 * Top-up: while it fits and the bin stays <= level + SLACK, the first unused sample of T whose length
   fits (spreads the scarce text over all bins instead of the first ones).
 * A bin stops at max_samples. When D is used up, the unused text samples go to bfd's `pack_lengths`
@@ -37,14 +44,12 @@ position links to the next), so used samples cost nothing to skip; "first size <
 
 from __future__ import annotations
 
-import bisect
-
 import numpy as np
 
 from ovpipe.packing.bfd import _jit, _prepare, numba, reference_bfd
 from ovpipe.packing.bfd import pack_lengths as _bfd
 
-__all__ = ["pack_multidim", "reference_multidim"]
+__all__ = ["pack_multidim"]
 
 WINDOW = 32  # fitting candidates tried per step
 WALK = 128  # samples looked at per step (those over a limit included)
@@ -53,6 +58,8 @@ TABLE_MAX = 1 << 20  # sizes up to this are looked up in a table, larger ones bi
 CLOSE = 12  # while the room exceeds CLOSE/8 mean sizes, walks start spread over the pool
 GOLDEN = 0.6180339887498949  # start positions spread over the pool by the golden-ratio sequence
 TARGET = 8  # fill aims at TARGET/8 times the unused samples' mean primary size
+DIFF_TEXT = 0.6  # weight of text / (C - B) in a seed's difficulty (bench/pack_limits_bench.py: 0.5-0.75 alike)
+TEXT_SLACK = 0.1  # spare text room at which that weight is full (below it, in proportion)
 SLACK = 0  # tokens a top-up may go over the level
 W_LN, W_IM = 1.0, 1.0  # weights of the length and image-count deviations from pace
 
@@ -77,12 +84,19 @@ def _plan(p):
     diff = ln / p.capacity
     if use_tok and cap_it > 0:
         diff = np.maximum(diff, it / cap_it)
+        text, room = np.maximum(ln - it, 0), p.capacity - cap_it
+        if room > 0:
+            spare = 1 - int(text[ok].sum()) * cap_it / (room * max(int(it[ok].sum()), 1))
+            w = DIFF_TEXT * min(1.0, max(0.0, spare / TEXT_SLACK))
+            if w > 0:
+                diff = np.maximum(diff, w * text / room)
     if use_img and cap_im > 0:
         diff = np.maximum(diff, im / cap_im)
     v = idx[vis]
     S = v[np.lexsort((v, -prim[v]))]
-    D = v[np.lexsort((v, -diff[v]))]
     t = idx[ok & ~vis]
+    d = idx[vis | (ok & ~vis & (ln > p.capacity - cap_it))] if use_tok else v
+    D = d[np.lexsort((d, -diff[d]))]
     T = t[np.lexsort((t, -ln[t]))]
     caps = np.array([p.capacity, cap_p, cap_im, cap_it, p.max_samples], np.int64)
     return ln, im, it, prim, ok, S, D, T, caps
@@ -174,8 +188,10 @@ def _kernel(ln, im, it, prim, S, D, T, caps, window, walk, target, close, w_ln, 
         rem[3] += im[c]
     rem[1] = ns
     tkey = np.empty(nt, np.int64)
+    tpos = np.empty(ln.size, np.int64)  # text sample -> its position in T
     for k in range(nt):
         tkey[k] = ln[T[k]]
+        tpos[T[k]] = k
         rem[4] += ln[T[k]]
     slink[ns] = ns
     tlink = np.arange(nt + 1)
@@ -183,10 +199,15 @@ def _kernel(ln, im, it, prim, S, D, T, caps, window, walk, target, close, w_ln, 
     nb = 0
     dp = 0
     phase = 0.0
+    last = ns - 1  # the last unused position of S: the smallest unused primary size
     while True:
         while dp < D.size and used[D[dp]]:
             dp += 1
         if dp == D.size:
+            break
+        i = D[dp]
+        seed_text = prim[i] == 0 and im[i] == 0 and it[i] == 0
+        if seed_text and rem[1] == 0:  # no visual sample left: the text goes to bfd
             break
         b = nb
         nb += 1
@@ -195,13 +216,20 @@ def _kernel(ln, im, it, prim, S, D, T, caps, window, walk, target, close, w_ln, 
         vol = max(rem[0], 1)
         ratio_ln, ratio_im = rem[2] / vol, rem[3] / vol
         level = (rem[2] + rem[4]) * cap_p // vol
-        i = D[dp]
-        _take(i, b, pos[i], slink, used, out, rem, skey, sz)
+        if seed_text:
+            used[i], out[i] = True, b
+            tlink[tpos[i]] = tpos[i] + 1
+            rem[4] -= ln[i]
+        else:
+            _take(i, b, pos[i], slink, used, out, rem, skey, sz)
         u_ln, u_p, u_im, u_it, cnt = ln[i], prim[i], im[i], it[i], 1
         while cnt < max_s:  # fill from S
             # a wide room: start anywhere in the fitting pool (golden-ratio sequence); a narrow one:
             # near the pool's mean size (times target/8), then the largest that fits
             room_p = cap_p - u_p
+            while last >= 0 and used[S[last]]:
+                last -= 1
+            gap = skey[last] if last >= 0 else 0
             mean = max(1, rem[0] // max(rem[1], 1))
             lo = _first_le_in(stab, skey, room_p)
             if room_p > close * mean // 8:
@@ -209,11 +237,15 @@ def _kernel(ln, im, it, prim, S, D, T, caps, window, walk, target, close, w_ln, 
                 k0 = lo + int(phase * (ns - lo))
             else:
                 k0 = _first_le_in(stab, skey, min(room_p, max(1, target * mean // 8)))
-            best = _pick(skey, slink, sz, k0, cap, cap_im, cap_it, window, walk,
-                         u_ln, u_p, u_im, u_it, ratio_ln, ratio_im, w_ln, w_im)
-            if best < 0 and k0 > lo:  # nothing near the aim: the largest that fits
-                best = _pick(skey, slink, sz, lo, cap, cap_im, cap_it, window, walk,
-                             u_ln, u_p, u_im, u_it, ratio_ln, ratio_im, w_ln, w_im)
+            best = -1
+            for g in (gap, 0):  # first leaving no room no sample could fill, then any
+                best = _pick(skey, slink, sz, k0, cap, cap_im, cap_it, window, walk,
+                             u_ln, u_p, u_im, u_it, ratio_ln, ratio_im, w_ln, w_im, room_p, g)
+                if best < 0 and k0 > lo:  # nothing near the aim: the largest that fits
+                    best = _pick(skey, slink, sz, lo, cap, cap_im, cap_it, window, walk,
+                                 u_ln, u_p, u_im, u_it, ratio_ln, ratio_im, w_ln, w_im, room_p, g)
+                if best >= 0 or g == 0:
+                    break
             if best < 0:
                 break
             _take(S[best], b, best, slink, used, out, rem, skey, sz)
@@ -241,7 +273,7 @@ def _kernel(ln, im, it, prim, S, D, T, caps, window, walk, target, close, w_ln, 
 
 @_jit
 def _pick(skey, slink, sz, aim, cap, cap_im, cap_it, window, walk, u_ln, u_p, u_im, u_it,
-          ratio_ln, ratio_im, w_ln, w_im):
+          ratio_ln, ratio_im, w_ln, w_im, room_p, gap):
     """Of the first `window` unused samples from size `aim` down that fit every limit (at most `walk`
     looked at), the position of the one closest to pace, or -1."""
     k = _root(slink, aim)
@@ -249,7 +281,8 @@ def _pick(skey, slink, sz, aim, cap, cap_im, cap_it, window, walk, u_ln, u_p, u_
     while k < skey.size and seen < walk and fits < window:
         seen += 1
         c_ln, c_im, c_it = sz[k, 0], sz[k, 1], sz[k, 2]
-        if u_ln + c_ln <= cap and u_im + c_im <= cap_im and u_it + c_it <= cap_it:
+        rest = room_p - skey[k]
+        if u_ln + c_ln <= cap and u_im + c_im <= cap_im and u_it + c_it <= cap_it and (rest == 0 or rest >= gap):
             fits += 1
             q = u_p + skey[k]
             score = abs(u_ln + c_ln - ratio_ln * q) * w_ln + abs(u_im + c_im - ratio_im * q) * w_im
@@ -283,6 +316,8 @@ def pack_multidim(lengths, capacity: int, *, max_samples: int | None = None, max
     """Bin id (int64) per sample under every per-bin limit (see module doc); -1 as bfd."""
     p = _inputs(lengths, capacity, max_samples, max_images, images, max_image_tokens, image_tokens)
     if numba is None:  # pragma: no cover
+        from ovpipe.packing.multidim_reference import reference_multidim
+
         return reference_multidim(lengths, capacity, max_samples=max_samples, max_images=max_images, images=images,
                                   max_image_tokens=max_image_tokens, image_tokens=image_tokens, window=window)
     return _with_tails_repacked(_pack_once, p, WINDOW if window is None else window)
@@ -322,100 +357,3 @@ def _with_tails_repacked(once, p, window: int) -> np.ndarray:
 
 def _part(per_sample: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
     return per_sample[rows] if per_sample.size == n else per_sample
-
-
-# ---------------------------------------------------------------- plain-Python oracle
-
-def reference_multidim(lengths, capacity: int, *, max_samples: int | None = None, max_images: int | None = None,
-                       images=None, max_image_tokens: int | None = None, image_tokens=None,
-                       window: int | None = None) -> np.ndarray:
-    """`pack_multidim`'s rules with sorted lists of unused positions (bisect): the test oracle."""
-    p = _inputs(lengths, capacity, max_samples, max_images, images, max_image_tokens, image_tokens)
-    return _with_tails_repacked(_reference_once, p, WINDOW if window is None else window)
-
-
-def _reference_once(p, window: int) -> np.ndarray:
-    ln_a, im_a, it_a, prim_a, ok, S_a, D_a, T_a, caps = _plan(p)
-    ln, im, it, prim = (a.tolist() for a in (ln_a, im_a, it_a, prim_a))
-    S, D, T = S_a.tolist(), D_a.tolist(), T_a.tolist()
-    cap, cap_p, cap_im, cap_it, max_s = caps.tolist()
-    w_ln, w_im = _weights(p)
-    neg_s = [-prim[i] for i in S]  # ascending, for bisect: first position with size <= x
-    neg_t = [-ln[i] for i in T]
-    pos = {i: k for k, i in enumerate(S)}
-    free_s, free_t = list(range(len(S))), list(range(len(T)))  # unused positions, sorted
-    used = [False] * len(ln)
-    out = [-1] * len(ln)
-    rem = {"vol": sum(prim[i] for i in S), "cnt": len(S), "ln": sum(ln[i] for i in S), "im": sum(im[i] for i in S),
-           "text": sum(ln[i] for i in T)}
-
-    def take(c, b):
-        used[c], out[c] = True, b
-        del free_s[bisect.bisect_left(free_s, pos[c])]
-        rem["vol"] -= prim[c]
-        rem["cnt"] -= 1
-        rem["ln"] -= ln[c]
-        rem["im"] -= im[c]
-
-    def first_le(x):  # first position of S with size <= x
-        return bisect.bisect_left(neg_s, -x)
-
-    def pick(k0, u):
-        best, best_score, fits = None, 0.0, 0
-        j = bisect.bisect_left(free_s, k0)
-        for k in free_s[j:j + WALK]:
-            c = S[k]
-            if u[0] + ln[c] <= cap and u[2] + im[c] <= cap_im and u[3] + it[c] <= cap_it:
-                fits += 1
-                q = u[1] + prim[c]
-                score = abs(u[0] + ln[c] - ratio_ln * q) * w_ln + abs(u[2] + im[c] - ratio_im * q) * w_im
-                if best is None or score < best_score:
-                    best, best_score = c, score
-                if fits >= window:
-                    break
-        return best
-
-    nb, phase = 0, 0.0
-    for i in D:
-        if used[i]:
-            continue
-        b, nb = nb, nb + 1
-        vol = max(rem["vol"], 1)
-        ratio_ln, ratio_im = rem["ln"] / vol, rem["im"] / vol
-        level = (rem["ln"] + rem["text"]) * cap_p // vol
-        take(i, b)
-        u = [ln[i], prim[i], im[i], it[i]]
-        cnt = 1
-        while cnt < max_s:
-            room_p = cap_p - u[1]
-            mean = max(1, rem["vol"] // max(rem["cnt"], 1))
-            lo = first_le(room_p)
-            if room_p > CLOSE * mean // 8:
-                phase = (phase + GOLDEN) % 1.0
-                k0 = lo + int(phase * (len(S) - lo))
-            else:
-                k0 = first_le(min(room_p, max(1, TARGET * mean // 8)))
-            c = pick(k0, u)
-            if c is None and k0 > lo:
-                c = pick(lo, u)
-            if c is None:
-                break
-            take(c, b)
-            u = [u[0] + ln[c], u[1] + prim[c], u[2] + im[c], u[3] + it[c]]
-            cnt += 1
-        while cnt < max_s:
-            room = min(cap - u[0], level + SLACK - u[0])
-            if room <= 0:
-                break
-            j = bisect.bisect_left(free_t, bisect.bisect_left(neg_t, -room))
-            if j == len(free_t):
-                break
-            k = free_t.pop(j)
-            c = T[k]
-            used[c], out[c] = True, b
-            rem["text"] -= ln[c]
-            u[0] += ln[c]
-            cnt += 1
-    out = np.array(out, np.int64)
-    _finish(p, out, ln_a, T_a, nb, np.array(used, bool), True)
-    return out
