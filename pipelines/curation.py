@@ -1,4 +1,5 @@
-"""Curation DAG: (synth | input) → embed → concepts → balance → caption → filter.
+"""Curation DAG: (synth | input), (clip: the embed model's pretraining, tiny recipes) → embed → concepts →
+balance → caption → filter.
 
 Per-shard steps fan out with ParallelFor over shard ranges from `plan`; a `collect` task after each
 loop checks every shard is committed and writes the step manifest. Tasks pass only small strings;
@@ -8,6 +9,7 @@ from kfp import dsl
 
 from components.balance import balance
 from components.caption import caption
+from components.clip import clip
 from components.collect import collect
 from components.concepts import concepts, concepts_index
 from components.embed import embed
@@ -32,10 +34,17 @@ def curation_dag(recipe: str, store: str, run_id: str, overrides: str, steps=STE
     if last is not None:
         groups.after(last)
     last = groups
+    model = on_cluster(clip(**a).set_display_name("clip"), cpu="4", memory="8G") if "clip" in steps else None
+    if model is not None:
+        last = model
     if "embed" in steps or "concepts" in steps:
         index = on_cluster(concepts_index(**a), gpu=1, memory="16G") if "concepts" in steps else None
+        if index is not None and model is not None:
+            index.after(model)  # the vocabulary is embedded with the trained text tower
         with dsl.ParallelFor(groups.output, parallelism=PARALLELISM) as shards:
             e = on_cluster(embed(**a, shards=shards), gpu=1, cpu="8", memory="32G") if "embed" in steps else None
+            if e is not None and model is not None:
+                e.after(model)
             if index is not None:
                 c = on_cluster(concepts(**a, shards=shards).after(index), memory="8G")
                 if e is not None:

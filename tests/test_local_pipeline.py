@@ -75,6 +75,6 @@ def test_step_ranges():
     assert select_steps("balance", None) == ("balance", "caption", "filter", "lengths", "pack", "vit", *STAGES, "eval")
     assert select_steps("stage1", None) == (*STAGES, "eval")  # a rerun of the stages keeps the pretrained tower
     assert select_steps("mid", "mid") == ("mid",)
-    assert select_steps(None, "embed") == ("synth", "embed")
+    assert select_steps(None, "embed") == ("synth", "clip", "embed")
     with pytest.raises(ValueError):
         select_steps("filter", "embed")

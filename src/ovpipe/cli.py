@@ -105,6 +105,14 @@ def summary(ctx: Context, names) -> str:
 
             lines.append("\n".join(f"  {'':14s} {line}" for line in text_table(body["metrics"]).splitlines()))
             lines += [f"  {'':14s} report: {r}" for r in body.get("reports", [])]
+        if step == "clip":
+            m = body["metrics"]
+            lines.append(f"  {'':14s} loss {m['loss_first']:.3f} -> {m['loss_last']:.3f} in {m['steps']} steps; "
+                         f"held out: P@{m['k']} {m['precision_at_k']:.2f} "
+                         f"(random init {m['random_init_precision_at_k']:.2f}), "
+                         f"R@{m['k']} {m['recall_at_k']:.2f} ({m['random_init_recall_at_k']:.2f}), caption AUC "
+                         f"{m['clip_score_auc']:.2f} ({m['random_init_clip_score_auc']:.2f}); model: "
+                         f"{body['outputs'][0]['uri']}")
         if step == "vit":
             m = body["metrics"]
             lines.append(f"  {'':14s} loss {m['loss_first']:.3f} -> {m['loss_last']:.3f} in {m['steps']} steps; "

@@ -173,6 +173,21 @@ class VisionConfig:
 
 
 @dataclass
+class ClipConfig:
+    """The `clip` step: train the embed model (embed.arch, embed.model_config) contrastively on synthetic
+    image-caption pairs when there is no pretrained one to load (tiny recipes; see
+    ovpipe.curation.clip_pretrain). 0 steps = off: embed loads embed.weights (MetaCLIP on a cluster)."""
+    steps: int = 0
+    images: int = 8000  # distinct training scenes, concepts drawn uniformly (MetaCLIP's own data is balanced)
+    val_images: int = 1000  # held-out scenes, drawn like the corpus (its Zipf law), for the manifest's metrics
+    batch_size: int = 128
+    lr: float = 2e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    phrase_fraction: float = 0.5  # texts that are one concept of the image in concepts.prompt_template (alt-text-like)
+
+
+@dataclass
 class VitConfig:
     """The `vit` step: pretrain the vision tower on labelled synthetic scenes when there is no pretrained
     one to load (tiny recipes; see ovpipe.train.vit). 0 steps = off: stage 1 loads model.vision.weights."""
@@ -287,6 +302,7 @@ class Recipe:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     concepts: ConceptsConfig = field(default_factory=ConceptsConfig)
     balance: BalanceConfig = field(default_factory=BalanceConfig)
@@ -365,7 +381,8 @@ POSITIVE = {"data.group_size", "data.workers", "synth.shards", "synth.samples_pe
             "train.pipeline_parallel", "train.micro_batch", "train.global_batch", "train.cluster.nodes",
             "train.cluster.gpus_per_node", "model.llm.hidden_size", "model.llm.num_layers",
             "model.vision.hidden_size", "model.vision.num_hidden_layers", "eval.count", "eval.batch_size",
-            "eval.parallel_runs", "vit.images", "vit.batch_size", "vit.lr",
+            "eval.parallel_runs", "vit.images", "vit.batch_size", "vit.lr", "clip.images", "clip.val_images",
+            "clip.batch_size", "clip.lr",
             *(f"train.{st}.decay_steps" for st in TRAIN_STAGES)}
 
 
@@ -474,6 +491,12 @@ def _check_values(recipe: Recipe, problems: list[str]) -> None:
         problems.append(f"vit.steps: must be >= 0 (0 = no pretraining), got {recipe.vit.steps}")
     if recipe.vit.steps and recipe.model.vision.weights:
         problems.append("vit.steps: pretrains a tower, but model.vision.weights already gives one; set one of them")
+    if recipe.clip.steps < 0:
+        problems.append(f"clip.steps: must be >= 0 (0 = load embed.weights), got {recipe.clip.steps}")
+    if recipe.clip.steps and recipe.embed.weights:
+        problems.append("clip.steps: trains the embed model, but embed.weights already gives one; set one of them")
+    if not 0 <= recipe.clip.phrase_fraction <= 1:
+        problems.append(f"clip.phrase_fraction: a share in [0, 1], got {recipe.clip.phrase_fraction}")
     if "{}" not in recipe.concepts.prompt_template:
         problems.append("concepts.prompt_template: must contain '{}' where the concept goes")
 

@@ -3,7 +3,8 @@ the pipelines and the rehearsal report read. A step is named here once.
 
 kind: `sharded` (one task per shard range, then a manifest), `global` (one task over compact columns),
 `stage` (a training stage: a TrainJob on a cluster), `eval`. datasets: the corpora a dataset step runs
-once each for (mid: the curated corpus; stage1: alignment pairs; sft: conversations). image: the image
+once each for (mid: the curated corpus; stage1: alignment pairs; sft: conversations). samples: whether its counts
+follow the dataset's samples (the accounting chain), not those of scenes a model trained on. image: the image
 family its task runs in (cluster profile `images.<family>`; the concepts index, a helper task of
 `concepts`, builds on a GPU image).
 """
@@ -25,6 +26,7 @@ class Step:
     family: str  # curation | packing | training | eval
     image: str  # data | gpu
     datasets: tuple[str, ...] = ("mid",)
+    samples: bool = True  # its counts are of the dataset's samples (clip, vit: of scenes a model trained on)
 
     @property
     def per_dataset(self) -> bool:
@@ -33,6 +35,7 @@ class Step:
 
 TABLE = (
     Step("synth", "ovpipe.data.corpus", "global", "curation", "data", DATASETS),
+    Step("clip", "ovpipe.curation.clip_pretrain", "global", "curation", "gpu", samples=False),
     Step("embed", "ovpipe.curation.embed", "sharded", "curation", "gpu"),
     Step("concepts", "ovpipe.curation.concepts", "sharded", "curation", "data"),
     Step("balance", "ovpipe.curation.balance", "global", "curation", "data"),
@@ -40,7 +43,7 @@ TABLE = (
     Step("filter", "ovpipe.curation.filter", "sharded", "curation", "data"),
     Step("lengths", "ovpipe.packing.lengths", "sharded", "packing", "data", DATASETS),
     Step("pack", "ovpipe.packing.pack", "sharded", "packing", "data", DATASETS),
-    Step("vit", "ovpipe.train.vit", "global", "training", "data"),
+    Step("vit", "ovpipe.train.vit", "global", "training", "data", samples=False),
     Step("stage1", "ovpipe.train.loop", "stage", "training", "data"),
     Step("mid", "ovpipe.train.loop", "stage", "training", "data"),
     Step("sft", "ovpipe.train.loop", "stage", "training", "data"),

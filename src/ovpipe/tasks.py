@@ -106,6 +106,15 @@ def publish(body: dict | None, dataset_path: str | None = None, metadata: dict |
                 metrics.log_metric(key, float(value))
 
 
+def clip(recipe: str, store: str, run_id: str, overrides: str) -> dict | None:
+    """The embed model's contrastive pretraining, unless the recipe loads it (clip.steps 0: nothing to do)."""
+    ctx = context(recipe, store, run_id, overrides)
+    if not ctx.recipe.clip.steps:
+        return None
+    with faults.active("clip"):
+        return steps.run(ctx, "clip")
+
+
 def vit(recipe: str, store: str, run_id: str, overrides: str) -> dict | None:
     """The vision-tower pretraining step, unless the recipe loads its tower (vit.steps 0: nothing to do)."""
     ctx = context(recipe, store, run_id, overrides)

@@ -15,9 +15,10 @@ import numpy as np
 import pyarrow as pa
 
 from ovpipe import manifest, sharded, storage
-from ovpipe.curation import balancing
+from ovpipe.curation import balance_compare, balancing
 from ovpipe.curation.concepts import load_concepts, topk_of
 from ovpipe.data import source, tables
+from ovpipe.data.truth import synthetic_truths, truth_ids
 from ovpipe.sharded import Context, shard_name
 
 STEP = "balance"
@@ -50,15 +51,34 @@ def select(method: str, topk: np.ndarray, counts: np.ndarray, uid: np.ndarray, t
     return balancing.weighted_sample(uid, w, target, seed), w, {"aggregate": aggregate}
 
 
-def plot(counts_before: np.ndarray, counts_after: np.ndarray, path: str, title: str) -> None:
+def plot(curves: dict[str, np.ndarray], path: str, title: str) -> None:
+    """Sorted concept counts: before, and after each method at the same budget (the chosen one bold)."""
     from ovpipe.plots import figure
 
     with figure(path, (7, 4)) as (_, ax):
-        for counts, label in ((counts_before, "before"), (counts_after, "after")):
+        for label, counts in curves.items():
             c = np.sort(counts[counts > 0])[::-1]
-            ax.plot(np.arange(1, len(c) + 1), c, label=f"{label} ({int(counts.sum())} assignments)")
+            ax.plot(np.arange(1, len(c) + 1), c, lw=2.5 if label.endswith("(chosen)") else 1.2,
+                    label=f"{label}: {int(counts.sum())} assignments, {len(c)} concepts")
         ax.set(xscale="log", yscale="log", xlabel="concept rank", ylabel="images", title=title)
         ax.legend()
+
+
+def _method_metrics(methods: dict, chosen: str) -> dict:
+    """Flat numbers of the comparison (flatness.json keeps it whole): per method and view, coverage, tail
+    coverage and max/median; and how much flatter than random the chosen method is."""
+    out = {}
+    for m in balance_compare.METHODS:
+        for view, s in methods[m].items():
+            if view == "selected":
+                continue
+            for key in ("coverage", "tail_coverage", "max_over_median"):
+                out[f"{m}_{view}_{key}"] = s[key]
+    for view in methods[chosen]:
+        if view != "selected":
+            out[f"max_over_median_random_over_chosen_{view}"] = (methods["random"][view]["max_over_median"]
+                                                                  / methods[chosen][view]["max_over_median"])
+    return out
 
 
 def run(ctx: Context) -> dict:
@@ -75,6 +95,11 @@ def run(ctx: Context) -> dict:
     counts = balancing.concept_counts(topk, len(vocab))
     mask, weight, info = select(cfg.method, topk, counts, uid, cfg.target, seed, cfg.aggregate, cfg.metaclip_t)
     after = balancing.concept_counts(topk[mask], len(vocab))
+    truths = synthetic_truths(ctx)
+    methods, curves = balance_compare.compare(
+        lambda m: mask if m == cfg.method else select(m, topk, counts, uid, cfg.target, seed, cfg.aggregate,
+                                                      cfg.metaclip_t)[0],
+        topk, counts, uid, len(vocab), truth_ids(truths, ids, vocab) if truths is not None else None)
     order = np.argsort(np.array(ids, dtype=object)[mask], kind="stable") if mask.any() else np.zeros(0, int)
     sel = np.flatnonzero(mask)[order]
     outputs = []
@@ -87,12 +112,13 @@ def run(ctx: Context) -> dict:
                      "count_before": counts, "count_after": after})
     outputs.append({"uri": counts_uri, "sha256": tables.write_parquet(counts_uri, ctab), "samples": 0})
     stats = {"before": balancing.flatness(counts), "after": balancing.flatness(after),
-             "method": cfg.method, "target": cfg.target, "selected": int(len(sel)), **info}
+             "method": cfg.method, "target": cfg.target, "selected": int(len(sel)), **info, "methods": methods}
     outputs.append({"uri": ctx.uri(STEP, "flatness.json"), "samples": 0,
                     "sha256": storage.sha256_bytes(storage.write_json(ctx.uri(STEP, "flatness.json"), stats))})
     png_uri = ctx.uri(STEP, "balance.png")
     with storage.atomic_output(png_uri, ".png") as path:
-        plot(counts, after, path, f"concept frequency: {cfg.method} ({len(sel)} of {len(ids)} images)")
+        plot({"before": counts, **{f"{m} (chosen)" if m == cfg.method else m: c for m, c in curves.items()}}, path,
+             f"assigned concept frequency, {len(sel)} of {len(ids)} images")
     rejected_ids = [ids[i] for i in np.flatnonzero(~mask)]
     rejects = sharded.rejects_table([(i, "not_sampled", f"{cfg.method} draw") for i in rejected_ids] + duplicates, -1)
     tables.write_parquet(ctx.uri(STEP, "rejects.parquet"), rejects)
@@ -102,7 +128,8 @@ def run(ctx: Context) -> dict:
                "max_over_median_after": stats["after"]["max_over_median"],
                "normalized_entropy_before": stats["before"]["normalized_entropy"],
                "normalized_entropy_after": stats["after"]["normalized_entropy"],
-               "gini_before": stats["before"]["gini"], "gini_after": stats["after"]["gini"]}
+               "gini_before": stats["before"]["gini"], "gini_after": stats["after"]["gini"],
+               **_method_metrics(methods, cfg.method)}
     body = manifest.build(STEP, ctx.run_id, ctx.recipe.to_dict(), [manifest.ref(ctx.uri("concepts", "manifest.json"))],
                           outputs, counts_obj, time.perf_counter() - t0, metrics=metrics,
                           plots=[png_uri])

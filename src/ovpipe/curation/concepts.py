@@ -14,11 +14,13 @@ import numpy as np
 import pyarrow as pa
 
 from ovpipe import manifest, sharded, storage
-from ovpipe.curation import topk
+from ovpipe.curation import quality, topk
 from ovpipe.curation.balancing import uid64
+from ovpipe.curation.clip_pretrain import embed_settings
 from ovpipe.curation.embed import embeddings_of
 from ovpipe.data import source, tables
 from ovpipe.data.synth import load_vocab
+from ovpipe.data.truth import synthetic_truths, truth_ids
 from ovpipe.models.clip import encode_texts, load_clip
 from ovpipe.sharded import Context, ShardResult, shard_name
 
@@ -44,7 +46,7 @@ def _build_vocab_index(ctx: Context) -> None:
     index_uri = ctx.uri(STEP, "index.faiss")
     cfg = ctx.recipe.concepts
     vocab = load_concepts(cfg.vocab)
-    model, _, tokenizer, device = load_clip(ctx.recipe.embed, ctx.recipe.seed)
+    model, _, tokenizer, device = load_clip(embed_settings(ctx), ctx.recipe.seed)
     emb = encode_texts(model, tokenizer, [cfg.prompt_template.format(c) for c in vocab], device,
                        cfg.text_batch_size)
     tables.write_parquet(ctx.uri(STEP, "vocab.parquet"), pa.table({
@@ -101,10 +103,31 @@ def process(ctx: Context, shards: str = "all", workers: int = 1) -> None:
     sharded.run_shards(ctx, STEP, "assign", indices, concepts_shard, workers)
 
 
+def assignment_quality(ctx: Context) -> dict | None:
+    """Concept assignment against the synthetic corpus's ground truth (None for a given input): precision
+    and recall@K of the assigned top-K, and of K concepts drawn at random (an embedding that knows nothing)."""
+    truths = synthetic_truths(ctx)
+    if truths is None:
+        return None
+    vocab = load_concepts(ctx.recipe.concepts.vocab)
+    parts = [tables.read_parquet(ctx.uri(STEP, f"{shard_name(i)}.parquet"), ["id", "topk_ids"])
+             for i in range(len(source.input_shards(ctx)))]
+    ids = [k for t in parts for k in t.column("id").to_pylist()]
+    if not ids:
+        return None
+    top = np.concatenate([topk_of(t) for t in parts])
+    true_ids = truth_ids(truths, ids, vocab)
+    ours = quality.topk_precision_recall(top, true_ids)
+    chance = quality.topk_precision_recall(quality.random_topk(len(ids), len(vocab), top.shape[1], ctx.recipe.seed),
+                                           true_ids)
+    return {**ours, "random_precision_at_k": chance["precision_at_k"], "random_recall_at_k": chance["recall_at_k"]}
+
+
 def finalize(ctx: Context) -> dict:
     cfg = ctx.recipe.concepts
     vocab_ref = {"uri": cfg.vocab, "sha256": storage.sha256_uri(cfg.vocab)}
     index_ref = {"uri": ctx.uri(STEP, "index.faiss"), "sha256": storage.sha256_uri(ctx.uri(STEP, "index.faiss"))}
     return sharded.finalize(ctx, STEP, ["assign"], len(source.input_shards(ctx)),
                             [manifest.ref(ctx.uri("embed", "manifest.json")), vocab_ref],
-                            t_start=time.perf_counter(), extra_outputs=[{**index_ref, "samples": 0}])
+                            t_start=time.perf_counter(), extra_outputs=[{**index_ref, "samples": 0}],
+                            metrics=assignment_quality(ctx))

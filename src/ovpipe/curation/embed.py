@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from ovpipe import sharded
+from ovpipe.curation.clip_pretrain import embed_settings
 from ovpipe.data import source, tables
 from ovpipe.data.decode import SquareInput, device_batch, header_size, square_pixels
 from ovpipe.data.images import ImageError, decode_image
@@ -54,7 +55,7 @@ def ordered_map(pool, fn, items, ahead: int):
 
 
 def embed_shard(ctx: Context, index: int) -> ShardResult:
-    cfg, data = ctx.recipe.embed, ctx.recipe.data
+    cfg, data = embed_settings(ctx), ctx.recipe.data
     uri = source.input_shards(ctx)[index]
     model, preprocess, _, device = load_clip(cfg, ctx.recipe.seed)
     report = ShardReport(uri)

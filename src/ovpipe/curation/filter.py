@@ -18,9 +18,10 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from ovpipe import manifest, sharded
-from ovpipe.curation import dedup
+from ovpipe import manifest, sharded, storage
+from ovpipe.curation import dedup, quality
 from ovpipe.curation.caption_rules import check_caption
+from ovpipe.curation.clip_pretrain import embed_settings
 from ovpipe.curation.embed import embeddings_of
 from ovpipe.data import source, tables
 from ovpipe.data.shards import ShardReport, iter_samples, sniff_ext
@@ -64,10 +65,14 @@ def rules_shard(ctx: Context, index: int) -> ShardResult:
         emb_table = tables.read_parquet(ctx.uri("embed", f"{shard_name(index)}.parquet"), ["id", "embedding"])
         position = {k: i for i, k in enumerate(emb_table.column("id").to_pylist())}
         image_emb = embeddings_of(emb_table)[[position[chosen[i][0]] for i in scored]]
-        model, _, tokenizer, device = load_clip(ctx.recipe.embed, ctx.recipe.seed)
+        model, _, tokenizer, device = load_clip(embed_settings(ctx), ctx.recipe.seed)
         text_emb = encode_texts(model, tokenizer, [chosen[i][1] for i in scored], device)
         image_emb /= np.maximum(np.linalg.norm(image_emb, axis=1, keepdims=True), 1e-12)
         scores[scored] = (image_emb * text_emb).sum(axis=1)
+        # the same images against other images' captions: how well the score separates (finalize's AUC)
+        shuffled = (image_emb * text_emb[quality.derangement(len(scored), ctx.recipe.seed + index)]).sum(axis=1)
+        tables.write_parquet(ctx.uri(STEP, "_scores", f"{shard_name(index)}.parquet"), pa.table(
+            {"matched": pa.array(scores[scored], pa.float32()), "shuffled": pa.array(shuffled, pa.float32())}))
         low = scores < cfg.min_clip_score  # NaN (unscored) compares False
         rejects += [(c[0], "low_clip_score", f"{s:.3f} < {cfg.min_clip_score}")
                     for c, s, bad in zip(chosen, scores, low) if bad]
@@ -153,7 +158,26 @@ def process(ctx: Context, shards: str = "all", workers: int = 1, phase: str = "a
         sharded.run_shards(ctx, STEP, "write", indices, write_shard, workers)
 
 
+def score_separation(ctx: Context) -> dict | None:
+    """The CLIP score of each scored image with its caption vs with another image's caption (ROC AUC and
+    quantiles), and the share of each that `filter.min_clip_score` lets through; None when nothing was scored."""
+    if ctx.recipe.filter.min_clip_score is None:
+        return None
+    parts = [ctx.uri(STEP, "_scores", f"{shard_name(i)}.parquet") for i in range(len(source.input_shards(ctx)))]
+    parts = [tables.read_parquet(u) for u in parts if storage.exists(u)]
+    if not parts:
+        return None
+    t = pa.concat_tables(parts)
+    matched, shuffled = (t.column(c).to_numpy().astype(np.float64) for c in ("matched", "shuffled"))
+    out = quality.caption_separation(matched, shuffled)
+    threshold = ctx.recipe.filter.min_clip_score
+    out["matched_passing"] = float((matched >= threshold).mean()) if len(matched) else float("nan")
+    out["shuffled_passing"] = float((shuffled >= threshold).mean()) if len(shuffled) else float("nan")
+    return out
+
+
 def finalize(ctx: Context) -> dict:
     return sharded.finalize(ctx, STEP, ["rules", "write"], len(source.input_shards(ctx)),
                             [manifest.ref(ctx.uri("caption", "manifest.json")),
-                             manifest.ref(ctx.uri("embed", "manifest.json"))], t_start=time.perf_counter())
+                             manifest.ref(ctx.uri("embed", "manifest.json"))], t_start=time.perf_counter(),
+                            metrics=score_separation(ctx))

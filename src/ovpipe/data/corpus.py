@@ -9,7 +9,7 @@ import functools
 import time
 
 from ovpipe import sharded
-from ovpipe.data.synth import load_vocab, synth_samples
+from ovpipe.data.synth import ZIPF_S, load_vocab, synth_samples
 from ovpipe.data.tarwriter import TarWriter
 from ovpipe.sharded import Context, ShardResult, shard_name
 
@@ -60,5 +60,18 @@ def process(ctx: Context, shards: str = "all", workers: int = 1, dataset: str = 
 
 
 def finalize(ctx: Context, dataset: str = "mid") -> dict:
+    """The manifest; for the curated corpus also its ground truth (concept_truth.parquet: per concept, images
+    with it as primary and realizing it) and the long tail's shape in the metrics."""
+    t0 = time.perf_counter()
+    extra, metrics = [], None
+    if dataset == "mid":
+        from ovpipe.data import tables
+        from ovpipe.data.truth import synthetic_truths, truth_table
+
+        shards = [ctx.uri("synth", f"{shard_name(i)}.tar") for i in range(n_shards(ctx, dataset))]
+        table, metrics = truth_table(synthetic_truths(ctx, shards), load_vocab(ctx.recipe.synth.vocab))
+        metrics["zipf_s"] = ZIPF_S
+        uri = ctx.uri(_step(dataset), "concept_truth.parquet")
+        extra.append({"uri": uri, "sha256": tables.write_parquet(uri, table), "samples": 0})
     return sharded.finalize(ctx, _step(dataset), ["write"], n_shards(ctx, dataset), inputs=[],
-                            t_start=time.perf_counter())
+                            t_start=t0, metrics=metrics, extra_outputs=extra)

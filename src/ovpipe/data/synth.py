@@ -53,6 +53,9 @@ BAD_KINDS = {"corrupt_image": "corrupt_image", "truncated_image": "truncated_ima
 NON_UTF8_CAPTION = b"\xff\xfe\xfa bad"
 _FORMATS, _FORMAT_P = ("jpg", "png", "webp"), (0.8, 0.1, 0.1)
 _TEXT_KINDS = ("word", "letters", "numbers")
+ZIPF_S = 1.1  # the primary concept's Zipf exponent over vocabulary rank (the corpus's long tail)
+FILLER_S = 1.0  # Zipf exponent of filler shapes and colours over SHAPES / COLORS order
+FILLER_P = 0.35  # chance a scene gets filler shapes besides those its concept needs
 _TEXT_P = 0.25  # chance of random text when the primary concept does not ask for it
 _FONT_SIZES = (10, 13, 16, 20)
 
@@ -137,6 +140,14 @@ def _pick(rng: np.random.Generator, options) -> str:
     return options[int(rng.integers(len(options)))]
 
 
+def _skewed(rng: np.random.Generator, options) -> str:
+    """A filler attribute (a shape, a colour the concept does not fix): Zipf-weighted over the options'
+    order (FILLER_S), so the concepts scenes realize besides their primary one have a long tail too."""
+    options = list(options)
+    w = np.arange(1, len(options) + 1, dtype=np.float64) ** -FILLER_S
+    return options[min(int(np.searchsorted(np.cumsum(w / w.sum()), rng.random(), side="right")), len(options) - 1)]
+
+
 def _random_text(rng: np.random.Generator, kind: str) -> str:
     if kind == "letters":
         return " ".join(chr(65 + int(c)) for c in rng.integers(0, 26, int(rng.integers(2, 4))))
@@ -178,13 +189,15 @@ def _scene(rng: np.random.Generator, spec: tuple, lo: int, hi: int) -> dict:
     no_shape, no_color = {b} if k == "count_shape" else set(), {b} if k == "count_color" else set()
     avoid_bg = {b} if k in ("color_shape", "count_color") else {a} if k == "text_color" else set()
     bg = spec[-1] if k in ("background", "shape_bg") else \
-        _pick(rng, [c for c in COLORS if c not in avoid_bg])
-    n = spec[1] if k == "nshapes" else int(rng.integers(max(1, len(forced)), MAX_SHAPES + 1))
+        _skewed(rng, [c for c in COLORS if c not in avoid_bg])
+    base = max(1, len(forced))  # filler shapes only sometimes: each one realizes a dozen concepts more
+    n = spec[1] if k == "nshapes" else base + (int(rng.integers(1, MAX_SHAPES - base + 1))
+                                               if base < MAX_SHAPES and rng.random() < FILLER_P else 0)
     slots = [{} for _ in range(n - len(forced))] + forced
     shapes = []
     for slot in slots:
-        shape = slot.get("shape") or _pick(rng, [s for s in SHAPES if s not in no_shape])
-        color = slot.get("color") or _pick(rng, [c for c in COLORS if c != bg and c not in no_color])
+        shape = slot.get("shape") or _skewed(rng, [s for s in SHAPES if s not in no_shape])
+        color = slot.get("color") or _skewed(rng, [c for c in COLORS if c != bg and c not in no_color])
         lo_f, hi_f = _SIZE_FRAC[slot.get("size") or _pick(rng, _SIZE_FRAC)]
         size = int(min(w, h) * rng.uniform(lo_f, hi_f))
         col, row = _CELL[slot["pos"]] if "pos" in slot else (None, None)
@@ -371,7 +384,7 @@ def _check(seed, shard, count, vocab, specs, opts: dict) -> None:
 
 def synth_samples(seed: int, shard: int, count: int, vocab: list[str], *,
                   bad_fraction: float = 0.02, min_size: int = 48, max_size: int = 160,
-                  zh_fraction: float = 0.3, zipf_s: float = 1.1) -> Iterator[dict]:
+                  zh_fraction: float = 0.3, zipf_s: float = ZIPF_S) -> Iterator[dict]:
     """Yield `count` webdataset samples of shard `shard`: {"__key__", "jpg"|"png"|"webp", "txt", "json"}.
 
     Keys are f"{shard:05d}{index:06d}". Sample i is drawn from default_rng([seed, shard, i]), so it

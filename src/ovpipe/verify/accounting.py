@@ -14,7 +14,8 @@ from ovpipe.data import tables
 from ovpipe.packing.packed_shards import read_packed
 
 # The steps a dataset's samples pass through, in order (their run folders).
-CHAINS = {"curated": [*steps.CURATION[1:], "lengths", "pack"],  # synth is not run for a given input
+CHAINS = {"curated": [*(s for s in steps.CURATION[1:] if steps.BY_NAME[s].samples), "lengths", "pack"],  # not synth:
+          # it is not run for a given input
           "stage1": ["lengths-stage1", "pack-stage1"], "sft": ["lengths-sft", "pack-sft"]}
 
 
