@@ -38,7 +38,8 @@ def test_every_step_balances_its_accounts(reference):
              ("caption", "filter")]
     for up, down in chain:
         assert manifests[down]["counts"]["in"] == manifests[up]["counts"]["out"], (up, down)
-    assert manifests["filter"]["counts"]["out"] > 0.9 * manifests["synth"]["counts"]["out"]
+    # ~8% deliberately bad; a one-shape scene's caption is sometimes another's near-duplicate (~2%)
+    assert manifests["filter"]["counts"]["out"] >= 0.88 * manifests["synth"]["counts"]["out"]
 
 
 def test_manifest_keys_and_lineage(reference):
