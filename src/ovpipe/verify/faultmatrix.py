@@ -28,6 +28,7 @@ OVERRIDES = ["synth.shards=3", "synth.samples_per_shard=40", "balance.target=100
              "data.workers=1", "packing.stage1.synth_shards=2", "packing.stage1.synth_samples_per_shard=40",
              "packing.sft.synth_shards=2", "packing.sft.synth_samples_per_shard=60", "packing.sequences_per_shard=4",
              "vit.steps=6", "vit.images=128", "vit.warmup_steps=1", "train.checkpoint_every=2",
+             "clip.steps=4", "clip.images=64", "clip.val_images=32", "clip.batch_size=32", "clip.warmup_steps=1",
              "train.stage1.steps=4", "train.mid.steps=4", "train.sft.steps=4", "train.stage1.warmup_steps=1",
              "train.mid.warmup_steps=1", "train.sft.warmup_steps=1", "eval.count=6", "eval.parallel_runs=1"]
 # The point each pass kills at, and which reach of it (the 2nd marker: one shard is committed already).
