@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ovpipe.curation import balancing
+from ovpipe.data.truth import counts_of
 
 METHODS = ("inverse_frequency", "metaclip", "random")
 HEAD, TAIL = 0.2, 0.5
@@ -35,13 +36,6 @@ def shape(before: np.ndarray, after: np.ndarray) -> dict:
             "head_share": float(after[head].sum() / total) if total else float("nan"),
             "tail_share": float(after[tail].sum() / total) if total else float("nan"),
             "max_over_median": flat["max_over_median"], "gini": flat["gini"]}
-
-
-def counts_of(ids_per_image: list[list[int]], n: int) -> np.ndarray:
-    out = np.zeros(n, np.int64)
-    for ids in ids_per_image:
-        out[sorted(set(ids))] += 1
-    return out
 
 
 def compare(select, topk: np.ndarray, counts: np.ndarray, uid: np.ndarray, n_concepts: int,

@@ -34,6 +34,7 @@ from ovpipe.config import EmbedConfig
 from ovpipe.curation import quality
 from ovpipe.data.decode import SquareInput, square_pixels
 from ovpipe.data.synth import load_vocab, synth_samples
+from ovpipe.data.truth import phrase_ids
 from ovpipe.models.clip import encode_images, encode_texts, import_open_clip, load_clip
 from ovpipe.sharded import Context
 
@@ -109,17 +110,15 @@ def evaluate(model, tokenizer, square: SquareInput, val, ctx: Context, device: s
     pixels, captions, truths = val
     cfg = ctx.recipe.concepts
     vocab = load_vocab(storage.localize(cfg.vocab))
-    where = {c: i for i, c in enumerate(vocab)}
     model.eval()
     img = np.concatenate([encode_images(model, square.batch(list(pixels[i:i + 256])), device)
                           for i in range(0, len(pixels), 256)])
     concept_emb = encode_texts(model, tokenizer, [cfg.prompt_template.format(c) for c in vocab], device)
     top = np.argsort(-(img @ concept_emb.T), axis=1)[:, :cfg.k]
-    true_ids = [[where[p] for p in t if p in where] for t in truths]
     cap = encode_texts(model, tokenizer, captions, device)
     matched = (img * cap).sum(1)
     shuffled = (img * cap[quality.derangement(len(cap), ctx.recipe.seed)]).sum(1)
-    return {**quality.topk_precision_recall(top, true_ids), **quality.caption_separation(matched, shuffled)}
+    return {**quality.topk_precision_recall(top, phrase_ids(truths, vocab)), **quality.caption_separation(matched, shuffled)}
 
 
 def run(ctx: Context) -> dict:

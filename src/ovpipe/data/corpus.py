@@ -60,16 +60,18 @@ def process(ctx: Context, shards: str = "all", workers: int = 1, dataset: str = 
 
 
 def finalize(ctx: Context, dataset: str = "mid") -> dict:
-    """The manifest; for the curated corpus also its ground truth (concept_truth.parquet: per concept, images
-    with it as primary and realizing it) and the long tail's shape in the metrics."""
+    """The manifest; for the curated corpus also its ground truth (truth.parquet: per image, its concepts;
+    concept_truth.parquet: per concept, images with it as primary and realizing it) and the long tail's
+    shape in the metrics."""
     t0 = time.perf_counter()
     extra, metrics = [], None
     if dataset == "mid":
         from ovpipe.data import tables
-        from ovpipe.data.truth import synthetic_truths, truth_table
+        from ovpipe.data.truth import scan_truths, truth_table, write_truths
 
-        shards = [ctx.uri("synth", f"{shard_name(i)}.tar") for i in range(n_shards(ctx, dataset))]
-        table, metrics = truth_table(synthetic_truths(ctx, shards), load_vocab(ctx.recipe.synth.vocab))
+        truths = scan_truths(ctx, [ctx.uri("synth", f"{shard_name(i)}.tar") for i in range(n_shards(ctx, dataset))])
+        extra.append(write_truths(ctx, truths))
+        table, metrics = truth_table(truths, load_vocab(ctx.recipe.synth.vocab))
         metrics["zipf_s"] = ZIPF_S
         uri = ctx.uri(_step(dataset), "concept_truth.parquet")
         extra.append({"uri": uri, "sha256": tables.write_parquet(uri, table), "samples": 0})

@@ -12,7 +12,7 @@ def _listing(store: str, run_id: str, input_uri: str | None, fmt: str) -> tuple[
     if input_uri:
         return tuple(list_shards(input_uri, fmt))
     body = manifest.read(storage.join(store, run_id, "synth", "manifest.json"))
-    return tuple(o["uri"] for o in body["outputs"] if o["uri"].endswith(".tar"))  # not concept_truth.parquet
+    return tuple(o["uri"] for o in body["outputs"] if o["uri"].endswith(".tar"))  # not the truth tables
 
 
 def input_shards(ctx) -> list[str]:

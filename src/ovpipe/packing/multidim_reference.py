@@ -107,7 +107,7 @@ def _reference_once(p, window: int) -> np.ndarray:
                 c = pick(k0, u, g)
                 if c is None and k0 > lo:
                     c = pick(lo, u, g)
-                if c is not None:
+                if c is not None or g == 0:
                     break
             if c is None:
                 break
