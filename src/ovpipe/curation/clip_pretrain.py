@@ -118,7 +118,8 @@ def evaluate(model, tokenizer, square: SquareInput, val, ctx: Context, device: s
     cap = encode_texts(model, tokenizer, captions, device)
     matched = (img * cap).sum(1)
     shuffled = (img * cap[quality.derangement(len(cap), ctx.recipe.seed)]).sum(1)
-    return {**quality.topk_precision_recall(top, phrase_ids(truths, vocab)), **quality.caption_separation(matched, shuffled)}
+    return {**quality.topk_precision_recall(top, phrase_ids(truths, vocab)),
+            **quality.caption_separation(matched, shuffled)}
 
 
 def run(ctx: Context) -> dict:
